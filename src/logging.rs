@@ -1,0 +1,22 @@
+//! Logging policy: tracing with an EnvFilter. `-v` is `kib=debug`, `-vv` is trace, `-q` shows
+//! only errors, and `RUST_LOG` wins over all of them. Logs go to stderr; stdout carries data.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cmd::GlobalArgs;
+
+pub(crate) fn init(global: &GlobalArgs) {
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,kib=info,kib_builder=info,kib_packager=info,kib_signer=info,kib_conformance=info",
+        (false, 1) => "info,kib=debug,kib_builder=debug,kib_packager=debug,kib_signer=debug,kib_conformance=debug",
+        (false, _) => "debug,kib=trace,kib_builder=trace,kib_packager=trace,kib_signer=trace,kib_conformance=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(global.verbose > 0)
+        .without_time()
+        .try_init();
+}

@@ -1,0 +1,26 @@
+//! `kib`, the Kubernetes Image Builder command line.
+//!
+//! This crate is the CLI only: argument parsing (`cmd/`), progress drawing (`reporter.rs`)
+//! and the error renderer (`report.rs`). All the work happens in the library crates.
+
+mod cmd;
+mod logging;
+mod report;
+mod reporter;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cmd::Cli::parse();
+    logging::init(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => return report::render(&anyhow::Error::new(err).context("Failed to start the async runtime")),
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(code) => code,
+        Err(err) => report::render(&err),
+    }
+}
