@@ -1,1 +1,489 @@
-//! (being written)
+//! The build pipeline: fetch → prepare → boot → provision → shutdown → export.
+//!
+//! [`build`] owns every resource it creates (work dir, key, VM, child processes) through
+//! guards, so every exit path — success, error, or the `cancel` future firing on Ctrl-C —
+//! stops QEMU, removes the work dir and leaves nothing under the final output name.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::cache::{BaseImage, CacheError, ResolvedImage};
+use crate::config::Config;
+use crate::export::{ExportError, ExportedImage, export};
+use crate::manifest::{BuildManifest, ManifestError};
+use crate::provision::{ProvisionContext, ProvisionError, run_all};
+use crate::reporter::{Reporter, Stage};
+use crate::seed::{NoCloud, SeedError, build_user_data};
+use crate::ssh::{KeyPair, Session, SshError, SshOptions, wait_for_ssh};
+use crate::vm::{Runner, Vm, VmError, VmSpec};
+
+/// What to do with the VM when a step fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop the VM and remove everything (the default).
+    #[default]
+    Cleanup,
+    /// Keep the VM running for debugging: the reporter is told how to SSH in, and the build
+    /// waits for the `cancel` future (Ctrl-C) before it cleans up and returns the error.
+    Abort,
+}
+
+/// Everything a build needs besides the runner and the reporter.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The configuration, with command-line overrides applied.
+    pub config: Config,
+    /// The folder relative paths in the configuration resolve against (kib.toml's folder).
+    pub config_dir: PathBuf,
+    /// `--var k=v` values; they win over the provisioners' own extra vars.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Where downloaded base images are cached.
+    pub cache_dir: PathBuf,
+    /// Skip base image verification (needs the explicit `--insecure-skip-checksum`).
+    pub insecure_skip_checksum: bool,
+    /// What to do with the VM when a step fails.
+    pub on_error: OnError,
+    /// kib's version, for the manifest.
+    pub kib_version: String,
+    /// The git revision kib (or the repo holding kib.toml) is at, for the manifest.
+    pub git_revision: Option<String>,
+}
+
+/// The result of a successful build.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The exported image.
+    pub image: ExportedImage,
+    /// Where `build-manifest.json` was written.
+    pub manifest_path: PathBuf,
+    /// The manifest's content.
+    pub manifest: BuildManifest,
+}
+
+/// A build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The base image could not be fetched or verified.
+    #[error("Failed to get the base image")]
+    Fetch(#[source] CacheError),
+    /// The output or work folder could not be created.
+    #[error("Failed to create `{}`", path.display())]
+    WorkDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `qemu-img create` of the overlay failed.
+    #[error("Failed to create the working disk `{}`", path.display())]
+    Overlay {
+        /// The overlay path.
+        path: PathBuf,
+        /// What qemu-img said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cloud-init seed could not be written.
+    #[error("Failed to write the cloud-init seed")]
+    Seed(#[source] SeedError),
+    /// The ephemeral SSH key could not be written.
+    #[error("Failed to write the build's SSH key")]
+    Key(#[source] SshError),
+    /// The VM did not start.
+    #[error("Failed to start the VM")]
+    Start(#[source] VmError),
+    /// SSH never came up; the console's last lines are attached.
+    #[error("The VM did not answer on SSH{}", console_tail(serial_tail))]
+    SshTimeout {
+        /// The last lines of the serial console.
+        serial_tail: Vec<String>,
+        /// Whether the console stayed silent (a hint that the accelerator cannot boot a guest).
+        silent_console: bool,
+        /// The SSH error.
+        #[source]
+        source: SshError,
+    },
+    /// QEMU exited while the build waited for it.
+    #[error("QEMU exited during {stage}{}", console_tail(serial_tail))]
+    VmExited {
+        /// The stage.
+        stage: Stage,
+        /// The last lines of the serial console.
+        serial_tail: Vec<String>,
+        /// QEMU's error.
+        #[source]
+        source: VmError,
+    },
+    /// A provisioner failed.
+    #[error("Provisioning failed")]
+    Provision(#[source] ProvisionError),
+    /// The final clean-up commands in the guest failed.
+    #[error("Failed to clean up the guest before shutdown")]
+    Finish(#[source] SshError),
+    /// The VM did not power off by itself.
+    #[error("The VM did not power off cleanly")]
+    PowerOff(#[source] VmError),
+    /// The export failed.
+    #[error("Failed to export the image")]
+    Export(#[source] ExportError),
+    /// The manifest could not be written.
+    #[error("Failed to write the build manifest")]
+    Manifest(#[source] ManifestError),
+    /// The build was interrupted (Ctrl-C).
+    #[error("The build was interrupted; the VM was stopped and nothing was written")]
+    Interrupted,
+}
+
+fn console_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "; the serial console printed nothing".to_owned();
+    }
+    let mut s = String::from("; last lines of the serial console:");
+    for l in lines {
+        s.push_str("\n    | ");
+        s.push_str(l);
+    }
+    s
+}
+
+impl BuildError {
+    /// A suggestion for the user, where the cause has a usual fix.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::SshTimeout { silent_console: true, .. } => Some(
+                "the guest printed nothing on its console: this accelerator may not boot a stock kernel here; try `--accel tcg`"
+                    .to_owned(),
+            ),
+            BuildError::SshTimeout { .. } => Some(
+                "raise `--boot-timeout`, or use `--on-error=abort` to keep the VM running and look at it".to_owned(),
+            ),
+            BuildError::Fetch(e) => e.hint(),
+            BuildError::Start(e) => e.hint(),
+            BuildError::Provision(e) => e.hint(),
+            BuildError::Export(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// Runs a whole build. `cancel` is polled throughout: when it completes (Ctrl-C), the build
+/// stops, cleans up and returns [`BuildError::Interrupted`].
+pub async fn build<R: Runner>(
+    runner: &R,
+    request: BuildRequest,
+    reporter: &dyn Reporter,
+    cancel: impl Future<Output = ()>,
+) -> Result<BuildOutput, BuildError> {
+    let mut cancel = std::pin::pin!(cancel);
+    let out_dir = absolute(&request.config_dir, &request.config.output.dir);
+    fs_err::create_dir_all(&out_dir).map_err(|source| BuildError::WorkDir {
+        path: out_dir.clone(),
+        source,
+    })?;
+    // The work dir sits next to the output so the final rename stays on one filesystem; it is
+    // removed when `work` drops, on every path.
+    let work = tempfile::Builder::new()
+        .prefix(".kib-build-")
+        .tempdir_in(&out_dir)
+        .map_err(|source| BuildError::WorkDir {
+            path: out_dir.clone(),
+            source,
+        })?;
+    let mut pipeline = Pipeline {
+        runner,
+        request: &request,
+        reporter,
+        work: work.path(),
+        out_dir: &out_dir,
+        durations: BTreeMap::new(),
+        vm: None,
+    };
+    let result = tokio::select! {
+        r = pipeline.run() => r,
+        () = &mut cancel => Err(BuildError::Interrupted),
+    };
+    if let Err(err) = &result
+        && request.on_error == OnError::Abort
+        && !matches!(err, BuildError::Interrupted)
+        && let Some(vm) = pipeline.vm.as_ref()
+    {
+        let key = work.path().join("ssh").join("id_ed25519");
+        reporter.on_warning(&format!(
+            "--on-error=abort: the VM is still running. Log in with\n    ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p {} {}@{}\nPress Ctrl-C to stop it and clean up.",
+            key.display(),
+            vm.ssh_addr().port(),
+            request.config.vm.ssh_user,
+            vm.ssh_addr().ip(),
+        ));
+        (&mut cancel).await;
+    }
+    // Stop QEMU before the work dir (its disk) goes away.
+    if let Some(mut vm) = pipeline.vm.take() {
+        vm.kill().await;
+    }
+    drop(work);
+    result
+}
+
+struct Pipeline<'a, R: Runner> {
+    runner: &'a R,
+    request: &'a BuildRequest,
+    reporter: &'a dyn Reporter,
+    work: &'a Path,
+    out_dir: &'a Path,
+    durations: BTreeMap<Stage, f64>,
+    vm: Option<R::Vm>,
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl<R: Runner> Pipeline<'_, R> {
+    fn done(&mut self, stage: Stage, started: Instant) {
+        let elapsed = started.elapsed();
+        tracing::info!(
+            stage = stage.name(),
+            seconds = elapsed.as_secs_f64(),
+            "stage done"
+        );
+        self.durations.insert(stage, elapsed.as_secs_f64());
+        self.reporter.on_stage_done(stage, elapsed);
+    }
+
+    async fn run(&mut self) -> Result<BuildOutput, BuildError> {
+        let cfg = &self.request.config;
+
+        // 1. Fetch and verify the base image.
+        let t = Instant::now();
+        self.reporter
+            .on_stage_start(Stage::Fetch, &format!("base image `{}`", cfg.base.image));
+        let base = BaseImage::resolve(
+            &cfg.base.image,
+            cfg.base.checksum.clone(),
+            self.request.insecure_skip_checksum,
+            &self.request.cache_dir,
+            self.reporter,
+        )
+        .await
+        .map_err(BuildError::Fetch)?;
+        self.done(Stage::Fetch, t);
+
+        // 2. Working disk, key, seed.
+        let t = Instant::now();
+        self.reporter
+            .on_stage_start(Stage::Prepare, "overlay disk, SSH key, cloud-init seed");
+        let overlay = self.work.join("disk.qcow2");
+        create_overlay(&base, &overlay, cfg.vm.disk_size).await?;
+        let key = KeyPair::generate();
+        let ssh_dir = self.work.join("ssh");
+        let dir_err = |source| BuildError::WorkDir {
+            path: ssh_dir.clone(),
+            source,
+        };
+        fs_err::create_dir_all(&ssh_dir).map_err(dir_err)?;
+        set_private_dir(&ssh_dir).map_err(dir_err)?;
+        let key_file = key.write_private_key(&ssh_dir).map_err(BuildError::Key)?;
+        let seed = NoCloud::new(
+            &format!("kib-build-{}", std::process::id()),
+            "kib-build",
+            build_user_data(&cfg.vm.ssh_user, &key.public_openssh()),
+        );
+        self.done(Stage::Prepare, t);
+
+        // 3. Boot and wait for SSH.
+        let t = Instant::now();
+        let spec = VmSpec {
+            name: "kib-build".to_owned(),
+            disk: overlay.clone(),
+            seed: Some(seed.into()),
+            cpus: cfg.vm.cpus,
+            memory_mib: cfg.vm.memory_mib,
+            accel: cfg.vm.accel.into(),
+            cpu_model: cfg.vm.cpu_model.clone(),
+            network: cfg.vm.network.into(),
+            firmware: cfg.vm.firmware.into(),
+            // As KubeVirt boots it: the playbook configures the watchdog daemon and the agent.
+            watchdog: true,
+            guest_agent: true,
+            forward_ports: Vec::new(),
+            work_dir: self.work.to_path_buf(),
+        };
+        let vm = self.runner.start(spec).await.map_err(BuildError::Start)?;
+        self.reporter.on_stage_start(
+            Stage::Boot,
+            &format!(
+                "VM started ({}), waiting for SSH on {}",
+                vm.accel(),
+                vm.ssh_addr()
+            ),
+        );
+        let accel = vm.accel();
+        let ssh_addr = vm.ssh_addr();
+        self.vm = Some(vm);
+        let options = SshOptions::default();
+        let session = match wait_for_ssh(
+            ssh_addr,
+            &cfg.vm.ssh_user,
+            &key,
+            &options,
+            cfg.vm.boot_timeout,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(source) => {
+                let vm = self.vm.as_ref().expect("VM started above");
+                return Err(BuildError::SshTimeout {
+                    serial_tail: vm.serial_tail(40),
+                    silent_console: vm.console_is_silent(),
+                    source,
+                });
+            }
+        };
+        self.done(Stage::Boot, t);
+
+        // 4. Provision.
+        let t = Instant::now();
+        self.reporter.on_stage_start(
+            Stage::Provision,
+            &format!("{} provisioner(s)", cfg.provisioners.len()),
+        );
+        let collect_dir = self.work.join("collect");
+        fs_err::create_dir_all(&collect_dir).map_err(|source| BuildError::WorkDir {
+            path: collect_dir.clone(),
+            source,
+        })?;
+        let mut vars = cfg.vars.clone();
+        vars.insert(
+            "kubernetes_version".to_owned(),
+            serde_json::Value::String(cfg.kubernetes.version.clone()),
+        );
+        vars.extend(self.request.vars.clone());
+        let ctx = ProvisionContext {
+            session: &session,
+            ssh_addr,
+            user: &cfg.vm.ssh_user,
+            key_file: &key_file,
+            base_dir: &self.request.config_dir,
+            work_dir: self.work,
+            collect_dir: &collect_dir,
+            vars: &vars,
+            reporter: self.reporter,
+        };
+        run_all(&cfg.provisioners, &ctx)
+            .await
+            .map_err(BuildError::Provision)?;
+        self.done(Stage::Provision, t);
+
+        // 5. Remove the build's own access, trim, power off.
+        let t = Instant::now();
+        self.reporter.on_stage_start(
+            Stage::Shutdown,
+            "removing the build user, fstrim, ACPI power-down",
+        );
+        finish_guest(&session, &cfg.vm.ssh_user, self.reporter)
+            .await
+            .map_err(BuildError::Finish)?;
+        session.close().await;
+        let vm = self.vm.as_mut().expect("VM started above");
+        vm.power_off(cfg.vm.shutdown_timeout)
+            .await
+            .map_err(BuildError::PowerOff)?;
+        let disk = vm.disk().to_path_buf();
+        self.done(Stage::Shutdown, t);
+
+        // 6. Export.
+        let t = Instant::now();
+        self.reporter.on_stage_start(
+            Stage::Export,
+            &format!("{} ({})", cfg.output.format, cfg.output.compression),
+        );
+        let image = export(
+            &disk,
+            self.out_dir,
+            &cfg.output.name,
+            cfg.output.format,
+            cfg.output.compression,
+        )
+        .await
+        .map_err(BuildError::Export)?;
+        self.done(Stage::Export, t);
+
+        let manifest = BuildManifest::new(
+            &self.request.kib_version,
+            self.request.git_revision.clone(),
+            &base,
+            &cfg.kubernetes.version,
+            accel,
+            &cfg.provisioners,
+            &self.durations,
+            &image,
+            &collect_dir,
+        )
+        .map_err(BuildError::Manifest)?;
+        let manifest_path = self.out_dir.join("build-manifest.json");
+        manifest
+            .write(&manifest_path)
+            .map_err(BuildError::Manifest)?;
+        Ok(BuildOutput {
+            image,
+            manifest_path,
+            manifest,
+        })
+    }
+}
+
+/// The build's last words in the guest, run as root in one shell so that removing the build
+/// user cannot cut the command short: the user, its home (and `authorized_keys`) and its
+/// sudoers entry go, then the disk is synced and trimmed so the export stays small.
+async fn finish_guest(
+    session: &Session,
+    user: &str,
+    reporter: &dyn Reporter,
+) -> Result<(), SshError> {
+    let user = crate::ssh::shell_quote(user);
+    let script = format!(
+        "rm -f /etc/sudoers.d/90-cloud-init-users; \
+         userdel --force --remove {user} 2>/dev/null || userdel --force {user}; \
+         sync; fstrim -av || true; sync"
+    );
+    session
+        .exec_sudo_checked(&script, &mut |_, line| {
+            reporter.on_output_line("finish", line)
+        })
+        .await
+}
+
+async fn create_overlay(base: &ResolvedImage, overlay: &Path, size: u64) -> Result<(), BuildError> {
+    let err = |source| BuildError::Overlay {
+        path: overlay.to_path_buf(),
+        source,
+    };
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"])
+        .arg(&base.path)
+        .arg(overlay)
+        .arg(size.to_string())
+        .output()
+        .await
+        .map_err(err)?;
+    if !out.status.success() {
+        return Err(err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )));
+    }
+    Ok(())
+}
+
+fn set_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}

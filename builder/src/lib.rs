@@ -26,5 +26,5 @@ pub mod seed;
 pub mod ssh;
 pub mod vm;
 
-// pub use build::{BuildError, BuildOutput, build};
+pub use build::{BuildError, BuildOutput, BuildRequest, OnError, build};
 pub use reporter::{NullReporter, Reporter, Stage};

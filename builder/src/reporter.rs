@@ -5,7 +5,9 @@ use std::fmt;
 
 /// A stage of a build, in pipeline order. Each gets one tracing span and one duration in the
 /// build manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// Download (or find in the cache) and verify the base image.

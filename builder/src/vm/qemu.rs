@@ -1,0 +1,756 @@
+//! The QEMU implementation of [`Runner`]: `qemu-system-x86_64` on a q35 machine with virtio
+//! devices, user networking with host port forwards, and two QMP monitors (one kept by the
+//! runner for power-off and events, one for callers of [`Vm::qmp`]).
+//!
+//! The command line is built by the pure function [`qemu_args`]. QEMU runs in its own process
+//! group; dropping a [`QemuVm`] kills that group.
+
+use std::ffi::{OsStr, OsString};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::accel::{Accel, AccelChoice, HostProbe, detect_with};
+use super::{Firmware, Network, Runner, Vm, VmError, VmSpec};
+use crate::qmp::{QgaClient, QmpClient, QmpError};
+
+/// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How often a port clash is retried with new ports.
+const PORT_ATTEMPTS: usize = 3;
+/// How much of QEMU's stderr an error carries.
+const STDERR_TAIL: usize = 4096;
+
+/// Starts VMs with QEMU.
+#[derive(Debug, Clone)]
+pub struct QemuRunner {
+    /// The QEMU binary, default `qemu-system-x86_64` (looked up on `PATH`).
+    pub qemu: PathBuf,
+    /// OVMF code (read-only), default Debian's `/usr/share/OVMF/OVMF_CODE_4M.fd`.
+    pub ovmf_code: PathBuf,
+    /// OVMF variable template, copied per VM; default `/usr/share/OVMF/OVMF_VARS_4M.fd`.
+    pub ovmf_vars: PathBuf,
+    /// Where to probe for KVM.
+    pub probe: HostProbe,
+    /// After this long with an empty console, [`Vm::console_is_silent`] turns true.
+    pub silent_console_after: Duration,
+    /// How long QEMU may take to open its monitor.
+    pub start_timeout: Duration,
+    /// The per-command QMP timeout.
+    pub qmp_timeout: Duration,
+}
+
+impl Default for QemuRunner {
+    fn default() -> Self {
+        Self {
+            qemu: "qemu-system-x86_64".into(),
+            ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            probe: HostProbe::default(),
+            silent_console_after: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(30),
+            qmp_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl QemuRunner {
+    /// A runner with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Everything [`qemu_args`] needs besides the spec: decisions made at start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// The accelerator.
+    pub accel: Accel,
+    /// The CPU model.
+    pub cpu_model: String,
+    /// (guest port, host port) forwards; 22 first.
+    pub forwards: Vec<(u16, u16)>,
+    /// The runner's own QMP socket.
+    pub control_socket: PathBuf,
+    /// The QMP socket for callers.
+    pub qmp_socket: PathBuf,
+    /// The guest agent socket (used when the spec asks for the agent).
+    pub qga_socket: PathBuf,
+    /// The serial log.
+    pub serial_log: PathBuf,
+    /// The seed image, if any.
+    pub seed_image: Option<PathBuf>,
+    /// OVMF code and the VM's variable store, for UEFI.
+    pub ovmf: Option<(PathBuf, PathBuf)>,
+}
+
+/// Escapes a value for QEMU's `key=value,…` option syntax (a comma is doubled).
+fn opt_value(path: &Path) -> OsString {
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+fn opt(prefix: &str, path: &Path, suffix: &str) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(opt_value(path));
+    s.push(suffix);
+    s
+}
+
+/// The QEMU command line (without the binary) for `spec` and `plan`.
+pub fn qemu_args(spec: &VmSpec, plan: &LaunchPlan) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&dyn AsRef<OsStr>]| {
+        for i in items {
+            a.push(i.as_ref().to_owned());
+        }
+    };
+    push(&[&"-name", &spec.name.replace(',', ",,")]);
+    push(&[&"-no-user-config", &"-nodefaults", &"-display", &"none"]);
+    push(&[&"-machine", &"q35"]);
+    match plan.accel {
+        Accel::Kvm => push(&[&"-accel", &"kvm"]),
+        Accel::Tcg => push(&[&"-accel", &"tcg,thread=multi"]),
+    }
+    push(&[&"-cpu", &plan.cpu_model]);
+    push(&[
+        &"-smp",
+        &spec.cpus.to_string(),
+        &"-m",
+        &format!("{}M", spec.memory_mib),
+    ]);
+    if let Some((code, vars)) = &plan.ovmf {
+        push(&[
+            &"-drive",
+            &opt("if=pflash,format=raw,unit=0,readonly=on,file=", code, ""),
+        ]);
+        push(&[
+            &"-drive",
+            &opt("if=pflash,format=raw,unit=1,file=", vars, ""),
+        ]);
+    }
+    push(&[
+        &"-drive",
+        &opt(
+            "if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap,file=",
+            &spec.disk,
+            "",
+        ),
+        &"-device",
+        &"virtio-blk-pci,drive=disk0,bootindex=1",
+    ]);
+    if let Some(seed) = &plan.seed_image {
+        push(&[
+            &"-drive",
+            &opt("if=none,id=seed0,format=raw,readonly=on,file=", seed, ""),
+            &"-device",
+            &"virtio-blk-pci,drive=seed0",
+        ]);
+    }
+    let mut netdev = String::from("user,id=net0");
+    if spec.network == Network::Isolated {
+        netdev.push_str(",restrict=on");
+    }
+    for (guest, host) in &plan.forwards {
+        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    push(&[
+        &"-netdev",
+        &netdev,
+        &"-device",
+        &"virtio-net-pci,netdev=net0",
+    ]);
+    push(&[
+        &"-chardev",
+        &opt(
+            "socket,id=qmpctl,server=on,wait=off,path=",
+            &plan.control_socket,
+            "",
+        ),
+        &"-mon",
+        &"chardev=qmpctl,mode=control",
+        &"-chardev",
+        &opt(
+            "socket,id=qmp,server=on,wait=off,path=",
+            &plan.qmp_socket,
+            "",
+        ),
+        &"-mon",
+        &"chardev=qmp,mode=control",
+    ]);
+    push(&[
+        &"-chardev",
+        &opt("file,id=serial0,path=", &plan.serial_log, ""),
+        &"-serial",
+        &"chardev:serial0",
+    ]);
+    if spec.watchdog {
+        push(&[&"-device", &"i6300esb"]);
+    }
+    if spec.guest_agent {
+        push(&[
+            &"-device",
+            &"virtio-serial-pci,id=vser0",
+            &"-chardev",
+            &opt(
+                "socket,id=qga0,server=on,wait=off,path=",
+                &plan.qga_socket,
+                "",
+            ),
+            &"-device",
+            &"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]);
+    }
+    push(&[
+        &"-object",
+        &"rng-random,id=rng0,filename=/dev/urandom",
+        &"-device",
+        &"virtio-rng-pci,rng=rng0",
+    ]);
+    a
+}
+
+/// Picks free `127.0.0.1` ports (all held open together so they differ, then released).
+fn free_ports(n: usize) -> Result<Vec<u16>, std::io::Error> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+fn tail_of(path: &Path, max: usize) -> String {
+    let bytes = fs_err::read(path).unwrap_or_default();
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..])
+        .trim_end()
+        .to_owned()
+}
+
+impl Runner for QemuRunner {
+    type Vm = QemuVm;
+
+    async fn start(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
+        let name = spec.name.clone();
+        let prep = |path: &Path| {
+            let name = name.clone();
+            let path = path.to_owned();
+            move |source| VmError::Prepare { name, path, source }
+        };
+        let choice = detect_with(spec.accel, &self.probe)?;
+        if choice.accel == Accel::Tcg {
+            tracing::warn!(vm = %name, reason = %choice.reason, "using TCG");
+        }
+        let work = &spec.work_dir;
+        fs_err::create_dir_all(work).map_err(prep(work))?;
+        let control_socket = work.join("qmp-control.sock");
+        let qmp_socket = work.join("qmp.sock");
+        let qga_socket = work.join("qga.sock");
+        let serial_log = work.join("serial.log");
+        let stderr_log = work.join("qemu.stderr.log");
+        for p in [&control_socket, &qmp_socket, &qga_socket] {
+            if p.as_os_str().len() > MAX_SOCKET_PATH {
+                return Err(VmError::SocketPathTooLong { path: p.clone() });
+            }
+        }
+        for p in [&control_socket, &qmp_socket, &qga_socket, &serial_log] {
+            match fs_err::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(prep(p)(e)),
+                _ => {}
+            }
+        }
+        let seed_image = match &spec.seed {
+            Some(seed) => {
+                let path = work.join("seed.img");
+                seed.write_image(&path).map_err(|source| VmError::Seed {
+                    name: name.clone(),
+                    source,
+                })?;
+                Some(path)
+            }
+            None => None,
+        };
+        let ovmf = match spec.firmware {
+            Firmware::Bios => None,
+            Firmware::Uefi => {
+                let vars = work.join("OVMF_VARS.fd");
+                fs_err::copy(&self.ovmf_vars, &vars).map_err(prep(&self.ovmf_vars))?;
+                Some((self.ovmf_code.clone(), vars))
+            }
+        };
+        let cpu_model = spec.cpu_model.clone().unwrap_or_else(|| {
+            match choice.accel {
+                Accel::Kvm => "host",
+                Accel::Tcg => "max",
+            }
+            .to_owned()
+        });
+        let mut guest_ports = vec![22u16];
+        for p in &spec.forward_ports {
+            if !guest_ports.contains(p) {
+                guest_ports.push(*p);
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let host_ports = free_ports(guest_ports.len()).map_err(VmError::Ports)?;
+            let plan = LaunchPlan {
+                accel: choice.accel,
+                cpu_model: cpu_model.clone(),
+                forwards: guest_ports.iter().copied().zip(host_ports).collect(),
+                control_socket: control_socket.clone(),
+                qmp_socket: qmp_socket.clone(),
+                qga_socket: qga_socket.clone(),
+                serial_log: serial_log.clone(),
+                seed_image: seed_image.clone(),
+                ovmf: ovmf.clone(),
+            };
+            let args = qemu_args(&spec, &plan);
+            tracing::debug!(vm = %name, qemu = %self.qemu.display(), ?args, "starting QEMU");
+            let stderr = fs_err::File::create(&stderr_log).map_err(prep(&stderr_log))?;
+            let child = Command::new(&self.qemu)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(stderr.into_parts().0))
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|source| VmError::Spawn {
+                    binary: self.qemu.clone(),
+                    source,
+                })?;
+            let mut vm = QemuVm {
+                name: name.clone(),
+                pid: child.id(),
+                child,
+                exited: false,
+                accel: choice.clone(),
+                forwards: plan.forwards.clone(),
+                serial_log: serial_log.clone(),
+                stderr_log: stderr_log.clone(),
+                qmp_socket: qmp_socket.clone(),
+                qga_socket: spec.guest_agent.then(|| qga_socket.clone()),
+                control_socket: control_socket.clone(),
+                control: None,
+                disk: spec.disk.clone(),
+                started: std::time::Instant::now(),
+                silent_after: self.silent_console_after,
+                qmp_timeout: self.qmp_timeout,
+            };
+            match vm.wait_ready(self.start_timeout).await {
+                Ok(()) => {
+                    tracing::info!(vm = %name, accel = %choice.accel, ssh = %vm.ssh_addr(), "VM started");
+                    return Ok(vm);
+                }
+                Err(VmError::EarlyExit { stderr, .. })
+                    if stderr.contains("host forwarding rule") && attempt < PORT_ATTEMPTS =>
+                {
+                    tracing::debug!(vm = %name, %stderr, "port clash, retrying with new ports");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A VM run by QEMU.
+#[derive(Debug)]
+pub struct QemuVm {
+    name: String,
+    child: Child,
+    pid: Option<u32>,
+    exited: bool,
+    accel: AccelChoice,
+    forwards: Vec<(u16, u16)>,
+    serial_log: PathBuf,
+    stderr_log: PathBuf,
+    qmp_socket: PathBuf,
+    qga_socket: Option<PathBuf>,
+    control_socket: PathBuf,
+    control: Option<QmpClient>,
+    disk: PathBuf,
+    started: std::time::Instant,
+    silent_after: Duration,
+    qmp_timeout: Duration,
+}
+
+impl QemuVm {
+    /// QEMU's process id (also its process group id); `None` once it has been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        (!self.exited).then_some(self.pid).flatten()
+    }
+
+    /// The file holding QEMU's stderr.
+    pub fn stderr_log(&self) -> &Path {
+        &self.stderr_log
+    }
+
+    fn early_exit(&self, status: ExitStatus) -> VmError {
+        VmError::EarlyExit {
+            name: self.name.clone(),
+            status: status.to_string(),
+            stderr: tail_of(&self.stderr_log, STDERR_TAIL),
+        }
+    }
+
+    fn wait_err(&self) -> impl FnOnce(std::io::Error) -> VmError {
+        let name = self.name.clone();
+        move |source| VmError::Wait { name, source }
+    }
+
+    /// Waits until QEMU serves the control monitor and reports a status.
+    async fn wait_ready(&mut self, limit: Duration) -> Result<(), VmError> {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(self.wait_err())? {
+                self.exited = true;
+                return Err(self.early_exit(status));
+            }
+            if Instant::now() >= deadline {
+                self.kill().await;
+                return Err(VmError::NotReady {
+                    name: self.name.clone(),
+                    waited: limit,
+                    source: last,
+                });
+            }
+            if self.control_socket.exists() {
+                let ready = async {
+                    let mut c = QmpClient::connect(&self.control_socket, self.qmp_timeout).await?;
+                    c.query_status().await?;
+                    Ok::<_, QmpError>(c)
+                };
+                match ready.await {
+                    Ok(c) => {
+                        self.control = Some(c);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        // QEMU may be exiting (e.g. a port clash): give it a moment to finish.
+                        if let Ok(status) =
+                            tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await
+                        {
+                            let status = status.map_err(self.wait_err())?;
+                            self.exited = true;
+                            return Err(self.early_exit(status));
+                        }
+                        last = Some(e);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn control(&mut self) -> Result<&mut QmpClient, QmpError> {
+        if self.control.as_ref().is_none_or(QmpClient::is_broken) {
+            self.control = None;
+            self.control = Some(QmpClient::connect(&self.control_socket, self.qmp_timeout).await?);
+        }
+        Ok(self.control.as_mut().expect("just set"))
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> Result<bool, VmError> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.map_err(self.wait_err())?;
+                self.exited = true;
+                tracing::debug!(vm = %self.name, %status, "QEMU exited");
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn kill_group(&self) {
+        if let (false, Some(pid)) = (self.exited, self.pid)
+            && let Ok(pid) = i32::try_from(pid)
+        {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Vm for QemuVm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn ssh_addr(&self) -> SocketAddr {
+        self.forwarded(22).expect("port 22 is always forwarded")
+    }
+
+    fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
+        self.forwards
+            .iter()
+            .find(|(g, _)| *g == guest_port)
+            .map(|(_, h)| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *h)))
+    }
+
+    fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    fn serial_tail(&self, lines: usize) -> Vec<String> {
+        let text = tail_of(&self.serial_log, 256 * 1024);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| l.trim_end_matches('\r').to_owned())
+            .collect()
+    }
+
+    fn console_is_silent(&self) -> bool {
+        self.started.elapsed() >= self.silent_after
+            && fs_err::metadata(&self.serial_log).map_or(true, |m| m.len() == 0)
+    }
+
+    fn accel(&self) -> Accel {
+        self.accel.accel
+    }
+
+    fn accel_reason(&self) -> &str {
+        &self.accel.reason
+    }
+
+    async fn qmp(&self) -> Result<QmpClient, VmError> {
+        QmpClient::connect(&self.qmp_socket, self.qmp_timeout)
+            .await
+            .map_err(|source| VmError::Qmp {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    async fn guest_agent(&self, timeout: Duration) -> Result<QgaClient, VmError> {
+        let Some(path) = &self.qga_socket else {
+            return Err(VmError::NoGuestAgentChannel {
+                name: self.name.clone(),
+            });
+        };
+        QgaClient::connect(path, timeout)
+            .await
+            .map_err(|source| VmError::GuestAgent {
+                name: self.name.clone(),
+                source,
+            })
+    }
+
+    async fn power_off(&mut self, timeout: Duration) -> Result<(), VmError> {
+        if self.exited {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        // Press the button again now and then: a guest still booting may miss the first press.
+        while Instant::now() < deadline {
+            match self.control().await {
+                Ok(c) => {
+                    if let Err(e) = c.system_powerdown().await {
+                        tracing::debug!(vm = %self.name, error = %e, "system_powerdown failed");
+                    }
+                }
+                Err(e) => tracing::debug!(vm = %self.name, error = %e, "QMP unavailable"),
+            }
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(20));
+            if self.wait_exit(slice).await? {
+                tracing::info!(vm = %self.name, "VM powered off");
+                return Ok(());
+            }
+        }
+        tracing::warn!(vm = %self.name, "guest did not power off; quitting QEMU");
+        if let Ok(c) = self.control().await {
+            let _ = c.quit().await;
+        }
+        if !self.wait_exit(Duration::from_secs(10)).await? {
+            self.kill().await;
+        }
+        Err(VmError::PowerOffForced {
+            name: self.name.clone(),
+            waited: timeout,
+        })
+    }
+
+    async fn kill(&mut self) {
+        if self.exited {
+            return;
+        }
+        self.kill_group();
+        let _ = self.child.start_kill();
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            self.exited = true;
+        }
+    }
+
+    fn disk(&self) -> &Path {
+        &self.disk
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if self.exited {
+            return;
+        }
+        // The child is not reaped yet (`exited` is false), so its pid is still ours.
+        self.kill_group();
+        // Reap it (SIGKILL takes milliseconds) so no zombie is left; tokio's `kill_on_drop`
+        // reaps in the background otherwise.
+        for _ in 0..100 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                self.exited = true;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seed::{NoCloud, Seed};
+
+    fn plan(accel: Accel) -> LaunchPlan {
+        LaunchPlan {
+            accel,
+            cpu_model: "max".into(),
+            forwards: vec![(22, 40022), (6443, 40443)],
+            control_socket: "/w/qmp-control.sock".into(),
+            qmp_socket: "/w/qmp.sock".into(),
+            qga_socket: "/w/qga.sock".into(),
+            serial_log: "/w/serial.log".into(),
+            seed_image: None,
+            ovmf: None,
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn value_after<'a>(args: &'a [OsString], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn argv_for_an_isolated_tcg_vm() {
+        let mut spec = VmSpec::new("b1", "/d/disk.qcow2", "/w");
+        spec.seed = Some(Seed::from(NoCloud::new("i", "h", "")));
+        spec.watchdog = true;
+        let mut p = plan(Accel::Tcg);
+        p.seed_image = Some("/w/seed.img".into());
+        let args = qemu_args(&spec, &p);
+        let s = joined(&args);
+        assert_eq!(value_after(&args, "-machine"), ["q35"]);
+        assert_eq!(value_after(&args, "-accel"), ["tcg,thread=multi"]);
+        assert_eq!(value_after(&args, "-cpu"), ["max"]);
+        assert_eq!(value_after(&args, "-smp"), ["2"]);
+        assert_eq!(value_after(&args, "-m"), ["2048M"]);
+        assert!(s.contains("-nodefaults"));
+        assert_eq!(
+            value_after(&args, "-drive"),
+            [
+                "if=none,id=disk0,format=qcow2,cache=unsafe,discard=unmap,detect-zeroes=unmap,file=/d/disk.qcow2",
+                "if=none,id=seed0,format=raw,readonly=on,file=/w/seed.img",
+            ]
+        );
+        assert!(s.contains("virtio-blk-pci,drive=disk0,bootindex=1"));
+        assert!(s.contains("virtio-blk-pci,drive=seed0"));
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            [
+                "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40443-:6443"
+            ]
+        );
+        assert!(s.contains("virtio-net-pci,netdev=net0"));
+        assert_eq!(
+            value_after(&args, "-mon"),
+            ["chardev=qmpctl,mode=control", "chardev=qmp,mode=control"]
+        );
+        assert!(s.contains("socket,id=qmp,server=on,wait=off,path=/w/qmp.sock"));
+        assert!(s.contains("file,id=serial0,path=/w/serial.log"));
+        assert_eq!(value_after(&args, "-serial"), ["chardev:serial0"]);
+        assert!(value_after(&args, "-device").contains(&"i6300esb"));
+        assert!(s.contains("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
+        assert!(s.contains("socket,id=qga0,server=on,wait=off,path=/w/qga.sock"));
+        assert!(s.contains("virtio-rng-pci,rng=rng0"));
+        assert!(!s.contains("pflash"));
+    }
+
+    #[test]
+    fn argv_for_an_outbound_kvm_uefi_vm_without_extras() {
+        let mut spec = VmSpec::new("b,2", "/d/a,b.qcow2", "/w");
+        spec.network = Network::Outbound;
+        spec.firmware = Firmware::Uefi;
+        spec.guest_agent = false;
+        let mut p = plan(Accel::Kvm);
+        p.cpu_model = "host".into();
+        p.forwards.truncate(1);
+        p.ovmf = Some(("/o/CODE.fd".into(), "/w/VARS.fd".into()));
+        let args = qemu_args(&spec, &p);
+        let s = joined(&args);
+        assert_eq!(value_after(&args, "-accel"), ["kvm"]);
+        assert_eq!(value_after(&args, "-cpu"), ["host"]);
+        assert_eq!(value_after(&args, "-name"), ["b,,2"]);
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"]
+        );
+        assert!(s.contains("file=/d/a,,b.qcow2"), "commas are escaped: {s}");
+        assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/o/CODE.fd"));
+        assert!(s.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"));
+        assert!(!s.contains("i6300esb"));
+        assert!(!s.contains("guest_agent"));
+        assert!(!s.contains("seed0"));
+    }
+
+    #[test]
+    fn free_ports_differ() {
+        let p = free_ports(4).unwrap();
+        let mut q = p.clone();
+        q.sort();
+        q.dedup();
+        assert_eq!(q.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_a_spawn_error_with_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = QemuRunner {
+            qemu: dir.path().join("no-qemu"),
+            ..QemuRunner::new()
+        };
+        let mut spec = VmSpec::new("x", dir.path().join("d.qcow2"), dir.path().join("w"));
+        spec.accel = super::super::AccelRequest::Tcg;
+        let err = runner.start(spec).await.unwrap_err();
+        assert!(matches!(err, VmError::Spawn { .. }), "{err:?}");
+        assert!(err.hint().unwrap().contains("install QEMU"));
+    }
+}
