@@ -1,0 +1,178 @@
+//! Signing (`.sig`) and attesting (`.att`) an image in cosign's legacy tag format.
+//!
+//! Both always act on the manifest digest: a tag is resolved first, and what is signed names
+//! the digest. Existing signatures and attestations on the digest are kept: the new layer is
+//! appended to the manifest at `sha256-<hex>.sig` / `.att`, as cosign does.
+//!
+//! Nothing is uploaded to Rekor (no transparency log), so cosign verifies these with
+//! `--insecure-ignore-tlog=true`. Keyless signing (Fulcio + Rekor) is future work.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::Value;
+
+use crate::keys::{KeyError, SigningKey};
+use crate::payload::{self, Envelope, EnvelopeSignature, SimpleSigning, Statement};
+use crate::store::{self, NewLayer, StoreError};
+
+/// Signing or attesting an image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The registry part failed.
+    #[error("Failed to sign `{image}`")]
+    Registry {
+        /// The image as given.
+        image: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
+    /// The key failed to sign.
+    #[error("Failed to sign `{image}`")]
+    Key {
+        /// The image as given.
+        image: String,
+        /// The cause.
+        #[source]
+        source: KeyError,
+    },
+    /// The predicate is not a JSON document.
+    #[error("The predicate for `{image}` is not JSON")]
+    Predicate {
+        /// The image as given.
+        image: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// What was signed or attested, and where the signature went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Signed {
+    /// The image as given.
+    pub image: String,
+    /// The manifest digest that was signed.
+    pub digest: String,
+    /// Where the signature or attestation now is (`registry/repo:sha256-<hex>.sig`).
+    pub signature: String,
+    /// The digest of the `.sig` / `.att` manifest after the push.
+    pub signature_manifest_digest: String,
+}
+
+/// Signs `image` (a tag is resolved to its digest first) with `key`, appending the
+/// signature to `sha256-<hex>.sig` in the same repository.
+pub async fn sign_image(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    key: &SigningKey,
+) -> Result<Signed, SignError> {
+    let registry_err = |source| SignError::Registry {
+        image: image.whole(),
+        source,
+    };
+    let digest = store::resolve(client, auth, image)
+        .await
+        .map_err(registry_err)?;
+    let payload = SimpleSigning::new(&store::repository_name(image), &digest).to_bytes();
+    let signature = key.sign(&payload).map_err(|source| SignError::Key {
+        image: image.whole(),
+        source,
+    })?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        payload::SIGNATURE_ANNOTATION.into(),
+        Value::String(BASE64.encode(&signature)),
+    );
+    let target = store::with_tag(image, &payload::signature_tag(&digest));
+    let layer = NewLayer {
+        media_type: payload::SIMPLE_SIGNING_MEDIA_TYPE,
+        data: payload,
+        annotations,
+    };
+    let manifest_digest = store::append_layer(client, auth, &target, layer)
+        .await
+        .map_err(registry_err)?;
+    tracing::info!(image = %image.whole(), %digest, signature = %target.whole(), "signed");
+    Ok(Signed {
+        image: image.whole(),
+        digest,
+        signature: target.whole(),
+        signature_manifest_digest: manifest_digest,
+    })
+}
+
+/// Attests `image`: wraps `predicate` (e.g. an SPDX JSON SBOM) in an in-toto statement
+/// about the image digest, signs it as a DSSE envelope and appends it to `sha256-<hex>.att`,
+/// as `cosign attest --type <type>` does. `predicate_type` is the URI (see
+/// [`payload::predicate_type_uri`]).
+pub async fn attest_image(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    key: &SigningKey,
+    predicate_type: &str,
+    predicate: &[u8],
+) -> Result<Signed, SignError> {
+    let predicate: Value =
+        serde_json::from_slice(predicate).map_err(|source| SignError::Predicate {
+            image: image.whole(),
+            source,
+        })?;
+    let registry_err = |source| SignError::Registry {
+        image: image.whole(),
+        source,
+    };
+    let digest = store::resolve(client, auth, image)
+        .await
+        .map_err(registry_err)?;
+    let statement = Statement::new(
+        &store::repository_name(image),
+        &digest,
+        predicate_type,
+        predicate,
+    );
+    let statement = serde_json::to_vec(&statement).unwrap_or_default();
+    let signature = key
+        .sign(&payload::pae(payload::IN_TOTO_PAYLOAD_TYPE, &statement))
+        .map_err(|source| SignError::Key {
+            image: image.whole(),
+            source,
+        })?;
+    let envelope = Envelope {
+        payload_type: payload::IN_TOTO_PAYLOAD_TYPE.into(),
+        payload: BASE64.encode(&statement),
+        signatures: vec![EnvelopeSignature {
+            keyid: String::new(),
+            sig: BASE64.encode(&signature),
+        }],
+    };
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        payload::SIGNATURE_ANNOTATION.into(),
+        Value::String(String::new()),
+    );
+    annotations.insert(
+        payload::PREDICATE_TYPE_ANNOTATION.into(),
+        Value::String(predicate_type.into()),
+    );
+    let target = store::with_tag(image, &payload::attestation_tag(&digest));
+    let layer = NewLayer {
+        media_type: payload::DSSE_MEDIA_TYPE,
+        data: serde_json::to_vec(&envelope).unwrap_or_default(),
+        annotations,
+    };
+    let manifest_digest = store::append_layer(client, auth, &target, layer)
+        .await
+        .map_err(registry_err)?;
+    tracing::info!(image = %image.whole(), %digest, attestation = %target.whole(), predicate_type, "attested");
+    Ok(Signed {
+        image: image.whole(),
+        digest,
+        signature: target.whole(),
+        signature_manifest_digest: manifest_digest,
+    })
+}
