@@ -1,0 +1,97 @@
+//! The checks of the `direct` profile, in the order they run (one VM, one boot).
+
+mod agent;
+mod boot;
+mod kube;
+mod security;
+
+pub use agent::{GuestAgent, KUBEVIRT_REQUIRED_RPCS, Watchdog, WatchdogFires};
+pub use boot::{CloudInit, DiskResize, Generalized};
+pub use kube::{API_SERVER_PORT, Bootstrap, Images, NodeReady, Versions};
+pub use security::{Audit, Firewall};
+
+use crate::check::{Check, CheckResult};
+use crate::context::{Context, ExecOutput, ShellError};
+
+/// Every check of the `direct` profile, in order. [`WatchdogFires`] comes last: it reboots the
+/// guest.
+pub fn direct_checks() -> Vec<Box<dyn Check>> {
+    vec![
+        Box::new(CloudInit),
+        Box::new(DiskResize),
+        Box::new(GuestAgent),
+        Box::new(Watchdog),
+        Box::new(Firewall),
+        Box::new(Audit),
+        Box::new(Generalized),
+        Box::new(Versions),
+        Box::new(Images),
+        Box::new(Bootstrap),
+        Box::new(NodeReady),
+        Box::new(WatchdogFires),
+    ]
+}
+
+/// The skip reason of the kubeadm checks on a generic image.
+pub const NO_KUBEADM: &str = "no kubeadm in this image";
+
+fn need_kubeadm(ctx: &Context) -> Result<(), String> {
+    if ctx.has_kubeadm {
+        Ok(())
+    } else {
+        Err(NO_KUBEADM.to_owned())
+    }
+}
+
+/// Runs `cmd` (as root when `root`) and turns a transport error into a failure.
+async fn run(ctx: &Context, cmd: &str, root: bool) -> Result<ExecOutput, CheckResult> {
+    let r: Result<ExecOutput, ShellError> = if root {
+        ctx.sudo(cmd).await
+    } else {
+        ctx.sh(cmd).await
+    };
+    r.map_err(|e| CheckResult::fail(format!("could not run `{cmd}` over SSH: {}", chain(&e))))
+}
+
+/// Runs `cmd` and requires exit 0.
+async fn run_ok(ctx: &Context, cmd: &str, root: bool) -> Result<ExecOutput, CheckResult> {
+    let out = run(ctx, cmd, root).await?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(CheckResult::fail(format!(
+            "`{cmd}` failed ({})",
+            out.describe()
+        )))
+    }
+}
+
+/// An error and its sources on one line (for failure reasons).
+pub fn chain_of(e: &dyn std::error::Error) -> String {
+    chain(e)
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Turns a `Result<(), CheckResult>` body into a result.
+macro_rules! check_body {
+    ($body:expr) => {
+        Box::pin(async move {
+            let r: Result<CheckResult, CheckResult> = $body.await;
+            match r {
+                Ok(v) | Err(v) => v,
+            }
+        })
+    };
+}
+pub(crate) use check_body;

@@ -1,0 +1,195 @@
+//! Firewall and audit checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::AsyncReadExt;
+
+use super::{check_body, run, run_ok};
+use crate::check::{Check, CheckResult};
+use crate::context::Context;
+
+/// What the probe listener sends to every client.
+pub const PROBE_BANNER: &str = "kib-conformance-probe";
+
+/// Reads up to 64 bytes from `addr` within `limit`: `Some(bytes)` when the peer sent something.
+///
+/// Under QEMU user networking the host side of a forward always accepts; whether the guest
+/// accepted shows only in whether data comes back, so both probes read a banner.
+async fn banner(addr: SocketAddr, limit: Duration) -> Option<String> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    tokio::time::timeout(limit, attempt).await.ok().flatten()
+}
+
+/// The guest side: a listener on `port` that sends [`PROBE_BANNER`], run as root in the
+/// background (python3 is on every cloud image: cloud-init needs it).
+fn listener_script(port: u16) -> String {
+    format!(
+        r#"cat > /run/kib-probe.py <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {port}))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    try:
+        c.sendall(b"{PROBE_BANNER}\n")
+    finally:
+        c.close()
+PY
+setsid python3 /run/kib-probe.py </dev/null >/dev/null 2>&1 &
+for i in $(seq 50); do python3 -c 'import socket; s=socket.create_connection(("127.0.0.1", {port}), 1); print(s.recv(64).decode().strip())' 2>/dev/null && exit 0; sleep 0.2; done
+exit 1"#
+    )
+}
+
+/// 5. A listening port not on the firewall's list is unreachable from outside; 22 is reachable.
+pub struct Firewall;
+
+impl Check for Firewall {
+    fn name(&self) -> &'static str {
+        "firewall"
+    }
+    fn title(&self) -> &'static str {
+        "unlisted listening port unreachable from the host, 22/tcp reachable"
+    }
+    fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
+        check_body!(async {
+            let port = ctx.probe_port;
+            let Some(addr) = ctx.forwarded(port) else {
+                return Err(CheckResult::fail(format!(
+                    "guest port {port} is not forwarded (runner bug)"
+                )));
+            };
+            let local = run(ctx, &listener_script(port), true).await?;
+            if !local.success() || !local.stdout.contains(PROBE_BANNER) {
+                return Err(CheckResult::fail(format!(
+                    "could not start the probe listener on guest port {port} ({})",
+                    local.describe()
+                )));
+            }
+            let outside = banner(addr, Duration::from_secs(8)).await;
+            let _ = run(
+                ctx,
+                "pkill -f /run/kib-probe.py; rm -f /run/kib-probe.py",
+                true,
+            )
+            .await;
+            let ssh = banner(ctx.vm_ssh_addr(), Duration::from_secs(15)).await;
+            let mut problems = Vec::new();
+            if outside.as_deref().is_some_and(|b| b.contains(PROBE_BANNER)) {
+                let rules = run(
+                    ctx,
+                    "nft list ruleset 2>/dev/null | grep -c 'hook input' || true",
+                    true,
+                )
+                .await?;
+                problems.push(format!(
+                    "port {port}/tcp, listening and not on the list, is reachable from outside (input hooks in nftables: {})",
+                    rules.out()
+                ));
+            }
+            match ssh {
+                Some(b) if b.starts_with("SSH-") => {}
+                other => problems.push(format!(
+                    "22/tcp did not answer with an SSH banner ({other:?})"
+                )),
+            }
+            if problems.is_empty() {
+                Ok(CheckResult::Pass)
+            } else {
+                Err(CheckResult::fail(problems.join("; ")))
+            }
+        })
+    }
+}
+
+/// The key prefix of kib's audit rules (`playbook/roles/audit`).
+pub const KIB_AUDIT_KEY_PREFIX: &str = "kib-";
+
+/// 6. auditd runs and kib's rules are loaded.
+pub struct Audit;
+
+impl Check for Audit {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+    fn title(&self) -> &'static str {
+        "auditd active with kib's rules loaded"
+    }
+    fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
+        check_body!(async {
+            let active = run(ctx, "systemctl is-active auditd", false).await?;
+            if active.out() != "active" {
+                return Err(CheckResult::fail(format!("auditd is `{}`", active.out())));
+            }
+            let rules = run_ok(ctx, "auditctl -l", true).await?;
+            let ours: Vec<&str> = rules
+                .stdout
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("-k {KIB_AUDIT_KEY_PREFIX}"))
+                        || l.contains(&format!("key={KIB_AUDIT_KEY_PREFIX}"))
+                })
+                .collect();
+            if ours.is_empty() {
+                let n = rules.stdout.lines().filter(|l| l.starts_with('-')).count();
+                return Err(CheckResult::fail(format!(
+                    "no audit rule with a `{KIB_AUDIT_KEY_PREFIX}*` key is loaded ({n} other rules; `{}`)",
+                    rules.out().lines().next().unwrap_or("")
+                )));
+            }
+            tracing::info!(rules = ours.len(), "kib audit rules loaded");
+            Ok(CheckResult::Pass)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn banner_distinguishes_silent_and_talking_peers() {
+        let talking = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ta, sa) = (talking.local_addr().unwrap(), silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut c, _) = talking.accept().await.unwrap();
+            c.write_all(b"SSH-2.0-x\r\n").await.unwrap();
+        });
+        tokio::spawn(async move {
+            // Accepts and closes at once, as slirp does when the guest refuses.
+            let (c, _) = silent.accept().await.unwrap();
+            drop(c);
+        });
+        assert_eq!(
+            banner(ta, Duration::from_secs(5)).await.as_deref(),
+            Some("SSH-2.0-x\r\n")
+        );
+        assert_eq!(banner(sa, Duration::from_secs(5)).await, None);
+    }
+
+    #[test]
+    fn listener_script_is_valid_sh() {
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(listener_script(19999))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

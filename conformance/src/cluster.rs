@@ -1,0 +1,747 @@
+//! The `cluster` profile: kind + KubeVirt + CDI + Cluster API + CAPK, with the image imported
+//! by CDI from its registry and a workload cluster (one control plane, one worker) made from a
+//! CAPK template that boots it.
+//!
+//! kib renders every manifest here ([`ClusterSpec`] → YAML strings, unit-tested by parsing them
+//! back); [`run`] shells out to `kind`, `kubectl` and `clusterctl` in the order [`plan`] gives.
+//!
+//! What the host needs (see `conformance/README.md`): internet access (GitHub releases,
+//! registry.k8s.io, quay.io, the image's registry), a container engine kind can drive (Docker
+//! or Podman), `kind` ≥ 0.32, `kubectl`, `clusterctl` matching [`Versions::cluster_api`], about
+//! 8 GiB of RAM and 4 CPUs; `/dev/kvm` is optional ([`ClusterSpec::use_emulation`] switches
+//! KubeVirt to TCG when it is missing).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::userdata::CRI_SOCKET;
+
+/// Pinned versions (checked together in `docs/reference`, §10.1 of the domain notes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    /// kind node image.
+    pub kind_node_image: String,
+    /// KubeVirt.
+    pub kubevirt: String,
+    /// CDI.
+    pub cdi: String,
+    /// Cluster API (core, kubeadm bootstrap and control plane).
+    pub cluster_api: String,
+    /// CAPK.
+    pub capk: String,
+    /// cert-manager (installed by `clusterctl init`).
+    pub cert_manager: String,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Self {
+            kind_node_image: "kindest/node:v1.36.1".to_owned(),
+            kubevirt: "v1.9.0".to_owned(),
+            cdi: "v1.66.0".to_owned(),
+            cluster_api: "v1.14.0".to_owned(),
+            capk: "v0.11.2".to_owned(),
+            cert_manager: "v1.21.1".to_owned(),
+        }
+    }
+}
+
+/// The firmware of the workload VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VmFirmware {
+    /// BIOS (KubeVirt's default; no `firmware` stanza).
+    #[default]
+    Bios,
+    /// EFI without secure boot.
+    Uefi,
+}
+
+/// What the cluster profile creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// The image reference in its registry, e.g. `registry.example:5000/kib/node:v1.37.1`.
+    pub image: String,
+    /// The Kubernetes version of the image, e.g. `v1.37.1`.
+    pub kubernetes_version: String,
+    /// kind cluster name (management cluster).
+    pub kind_name: String,
+    /// Workload cluster name and namespace.
+    pub cluster_name: String,
+    /// Root disk size of each node VM.
+    pub disk_size: String,
+    /// Switch KubeVirt to software emulation (no `/dev/kvm` on the host).
+    pub use_emulation: bool,
+    /// Registries CDI may pull from over plain HTTP / without TLS verification.
+    pub insecure_registries: Vec<String>,
+    /// Firmware of the node VMs.
+    pub firmware: VmFirmware,
+    /// Pinned versions.
+    pub versions: Versions,
+}
+
+impl ClusterSpec {
+    /// A spec with the defaults: kind `kib-conformance`, cluster `kib-wl`, 20Gi disks, BIOS,
+    /// emulation when `/dev/kvm` is missing.
+    pub fn new(image: &str, kubernetes_version: &str) -> Self {
+        Self {
+            image: image.strip_prefix("docker://").unwrap_or(image).to_owned(),
+            kubernetes_version: if kubernetes_version.starts_with('v') {
+                kubernetes_version.to_owned()
+            } else {
+                format!("v{kubernetes_version}")
+            },
+            kind_name: "kib-conformance".to_owned(),
+            cluster_name: "kib-wl".to_owned(),
+            disk_size: "20Gi".to_owned(),
+            use_emulation: !std::path::Path::new("/dev/kvm").exists(),
+            insecure_registries: Vec::new(),
+            firmware: VmFirmware::Bios,
+            versions: Versions::default(),
+        }
+    }
+}
+
+fn yaml(v: &Value) -> String {
+    serde_yaml::to_string(v).expect("JSON values serialize as YAML")
+}
+
+fn multi(docs: &[Value]) -> String {
+    docs.iter().map(|d| format!("---\n{}", yaml(d))).collect()
+}
+
+/// The kind cluster config: one node, containerd reading registry config from `certs.d` (as
+/// KubeVirt's kind provider sets it), the default CNI kept.
+pub fn kind_config(spec: &ClusterSpec) -> String {
+    yaml(&json!({
+        "kind": "Cluster",
+        "apiVersion": "kind.x-k8s.io/v1alpha4",
+        "name": spec.kind_name,
+        "nodes": [{"role": "control-plane", "image": spec.versions.kind_node_image}],
+        "containerdConfigPatches": [
+            "[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n"
+        ],
+    }))
+}
+
+/// The merge patch for the `KubeVirt` CR: emulation when there is no `/dev/kvm`.
+pub fn kubevirt_patch(spec: &ClusterSpec) -> String {
+    serde_json::to_string(&json!({
+        "spec": {"configuration": {"developerConfiguration": {"useEmulation": spec.use_emulation}}}
+    }))
+    .expect("JSON serializes")
+}
+
+/// The merge patch for the `CDI` CR: insecure registries.
+pub fn cdi_patch(spec: &ClusterSpec) -> String {
+    serde_json::to_string(
+        &json!({"spec": {"config": {"insecureRegistries": spec.insecure_registries}}}),
+    )
+    .expect("JSON serializes")
+}
+
+fn registry_source(spec: &ClusterSpec) -> Value {
+    json!({"registry": {"url": format!("docker://{}", spec.image)}})
+}
+
+/// A standalone DataVolume importing the image (checks the CDI import before the cluster).
+pub fn datavolume(spec: &ClusterSpec) -> String {
+    yaml(&json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1",
+        "kind": "DataVolume",
+        "metadata": {
+            "name": "kib-node-image",
+            "namespace": spec.cluster_name,
+            "annotations": {"cdi.kubevirt.io/storage.bind.immediate.requested": "true"},
+        },
+        "spec": {
+            "source": registry_source(spec),
+            "storage": {"resources": {"requests": {"storage": spec.disk_size}}},
+        },
+    }))
+}
+
+fn machine_template(spec: &ClusterSpec, name: &str) -> Value {
+    let mut domain = json!({
+        "cpu": {"cores": 2},
+        "memory": {"guest": "4Gi"},
+        "devices": {
+            "disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}}],
+            "watchdog": {"name": "watchdog", "i6300esb": {"action": "reset"}},
+        },
+    });
+    if spec.firmware == VmFirmware::Uefi {
+        domain["firmware"] = json!({"bootloader": {"efi": {"secureBoot": false}}});
+    }
+    json!({
+        "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+        "kind": "KubevirtMachineTemplate",
+        "metadata": {"name": name, "namespace": spec.cluster_name},
+        "spec": {"template": {"spec": {
+            "virtualMachineBootstrapCheck": {"checkStrategy": "ssh"},
+            "virtualMachineTemplate": {
+                "metadata": {"namespace": spec.cluster_name},
+                "spec": {
+                    "runStrategy": "Always",
+                    "dataVolumeTemplates": [{
+                        "metadata": {"name": "rootdisk"},
+                        "spec": {
+                            "source": registry_source(spec),
+                            "storage": {"resources": {"requests": {"storage": spec.disk_size}}},
+                        },
+                    }],
+                    "template": {"spec": {
+                        "evictionStrategy": "External",
+                        "domain": domain,
+                        "volumes": [{"name": "rootdisk", "dataVolume": {"name": "rootdisk"}}],
+                    }},
+                },
+            },
+        }}},
+    })
+}
+
+fn node_registration() -> Value {
+    json!({"criSocket": CRI_SOCKET, "kubeletExtraArgs": [{"name": "provider-id", "value": "kubevirt://{{ ds.meta_data.local_hostname }}"}]})
+}
+
+/// The workload cluster (the shape of CAPK's `cluster-template-persistent-storage.yaml`, with
+/// the image from the registry through CDI, the watchdog device and containerd's `criSocket`).
+pub fn cluster_template(spec: &ClusterSpec) -> String {
+    let ns = &spec.cluster_name;
+    let name = &spec.cluster_name;
+    let cp_tmpl = format!("{name}-control-plane");
+    let md_tmpl = format!("{name}-md-0");
+    multi(&[
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1",
+            "kind": "Cluster",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "clusterNetwork": {"pods": {"cidrBlocks": ["10.243.0.0/16"]}, "services": {"cidrBlocks": ["10.95.0.0/16"]}},
+                "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "KubevirtCluster", "name": name, "namespace": ns},
+                "controlPlaneRef": {"apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane", "name": cp_tmpl, "namespace": ns},
+            },
+        }),
+        json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1",
+            "kind": "KubevirtCluster",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"controlPlaneServiceTemplate": {"spec": {"type": "ClusterIP"}}},
+        }),
+        machine_template(spec, &cp_tmpl),
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1",
+            "kind": "KubeadmControlPlane",
+            "metadata": {"name": cp_tmpl, "namespace": ns},
+            "spec": {
+                "replicas": 1,
+                "version": spec.kubernetes_version,
+                "machineTemplate": {"infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "KubevirtMachineTemplate", "name": cp_tmpl, "namespace": ns}},
+                "kubeadmConfigSpec": {
+                    "clusterConfiguration": {"networking": {"dnsDomain": format!("{name}.{ns}.local"), "podSubnet": "10.243.0.0/16", "serviceSubnet": "10.95.0.0/16"}},
+                    "initConfiguration": {"nodeRegistration": node_registration()},
+                    "joinConfiguration": {"nodeRegistration": node_registration()},
+                },
+            },
+        }),
+        machine_template(spec, &md_tmpl),
+        json!({
+            "apiVersion": "bootstrap.cluster.x-k8s.io/v1beta1",
+            "kind": "KubeadmConfigTemplate",
+            "metadata": {"name": md_tmpl, "namespace": ns},
+            "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": node_registration()}}}},
+        }),
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1",
+            "kind": "MachineDeployment",
+            "metadata": {"name": md_tmpl, "namespace": ns},
+            "spec": {
+                "clusterName": name,
+                "replicas": 1,
+                "selector": {"matchLabels": null},
+                "template": {"spec": {
+                    "clusterName": name,
+                    "version": spec.kubernetes_version,
+                    "bootstrap": {"configRef": {"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta1", "kind": "KubeadmConfigTemplate", "name": md_tmpl, "namespace": ns}},
+                    "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "KubevirtMachineTemplate", "name": md_tmpl, "namespace": ns},
+                }},
+            },
+        }),
+    ])
+}
+
+/// A pod the workload cluster must run.
+pub fn smoke_pod() -> String {
+    yaml(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "kib-smoke", "namespace": "default"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}],
+        },
+    }))
+}
+
+/// One step of a cluster run: a program, its arguments, and an optional manifest on stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// What the step does (for progress and errors).
+    pub what: String,
+    /// The program (`kind`, `kubectl`, `clusterctl`).
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Written to its stdin.
+    pub stdin: Option<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Step {
+    fn new(what: &str, program: &str, args: &[&str]) -> Self {
+        Self {
+            what: what.to_owned(),
+            program: program.to_owned(),
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            stdin: None,
+            env: Vec::new(),
+        }
+    }
+    fn stdin(mut self, s: String) -> Self {
+        self.stdin = Some(s);
+        self
+    }
+}
+
+/// The steps of a run against `kubeconfig` (created with kind when `None`).
+pub fn plan(spec: &ClusterSpec, kubeconfig: Option<&str>) -> Vec<Step> {
+    let v = &spec.versions;
+    let mut steps = Vec::new();
+    if kubeconfig.is_none() {
+        steps.push(
+            Step::new(
+                "create the kind cluster",
+                "kind",
+                &["create", "cluster", "--wait", "5m", "--config", "-"],
+            )
+            .stdin(kind_config(spec)),
+        );
+    }
+    let kv = format!(
+        "https://github.com/kubevirt/kubevirt/releases/download/{}",
+        v.kubevirt
+    );
+    let cdi = format!(
+        "https://github.com/kubevirt/containerized-data-importer/releases/download/{}",
+        v.cdi
+    );
+    steps.push(Step::new(
+        "install the KubeVirt operator",
+        "kubectl",
+        &["apply", "-f", &format!("{kv}/kubevirt-operator.yaml")],
+    ));
+    steps.push(Step::new(
+        "create the KubeVirt CR",
+        "kubectl",
+        &["apply", "-f", &format!("{kv}/kubevirt-cr.yaml")],
+    ));
+    steps.push(Step::new(
+        "configure KubeVirt emulation",
+        "kubectl",
+        &[
+            "-n",
+            "kubevirt",
+            "patch",
+            "kubevirt",
+            "kubevirt",
+            "--type=merge",
+            "-p",
+            &kubevirt_patch(spec),
+        ],
+    ));
+    steps.push(Step::new(
+        "install the CDI operator",
+        "kubectl",
+        &["apply", "-f", &format!("{cdi}/cdi-operator.yaml")],
+    ));
+    steps.push(Step::new(
+        "create the CDI CR",
+        "kubectl",
+        &["apply", "-f", &format!("{cdi}/cdi-cr.yaml")],
+    ));
+    steps.push(Step::new(
+        "configure CDI registries",
+        "kubectl",
+        &[
+            "patch",
+            "cdi",
+            "cdi",
+            "--type=merge",
+            "-p",
+            &cdi_patch(spec),
+        ],
+    ));
+    steps.push(Step::new(
+        "wait for KubeVirt",
+        "kubectl",
+        &[
+            "-n",
+            "kubevirt",
+            "wait",
+            "kv",
+            "kubevirt",
+            "--for",
+            "condition=Available",
+            "--timeout=15m",
+        ],
+    ));
+    steps.push(Step::new(
+        "wait for CDI",
+        "kubectl",
+        &[
+            "wait",
+            "cdi",
+            "cdi",
+            "--for",
+            "condition=Available",
+            "--timeout=15m",
+        ],
+    ));
+    let mut init = Step::new(
+        "install Cluster API and CAPK",
+        "clusterctl",
+        &[
+            "init",
+            "--core",
+            &format!("cluster-api:{}", v.cluster_api),
+            "--bootstrap",
+            &format!("kubeadm:{}", v.cluster_api),
+            "--control-plane",
+            &format!("kubeadm:{}", v.cluster_api),
+            "--infrastructure",
+            &format!("kubevirt:{}", v.capk),
+            "--wait-providers",
+        ],
+    );
+    init.env
+        .push(("CERT_MANAGER_VERSION".to_owned(), v.cert_manager.clone()));
+    steps.push(init);
+    steps.push(Step::new(
+        "create the namespace",
+        "kubectl",
+        &["create", "namespace", &spec.cluster_name],
+    ));
+    steps.push(
+        Step::new(
+            "import the image with CDI",
+            "kubectl",
+            &["apply", "-f", "-"],
+        )
+        .stdin(datavolume(spec)),
+    );
+    steps.push(Step::new(
+        "wait for the import",
+        "kubectl",
+        &[
+            "-n",
+            &spec.cluster_name,
+            "wait",
+            "dv/kib-node-image",
+            "--for",
+            "condition=Ready",
+            "--timeout=30m",
+        ],
+    ));
+    steps.push(
+        Step::new(
+            "create the workload cluster",
+            "kubectl",
+            &["apply", "-f", "-"],
+        )
+        .stdin(cluster_template(spec)),
+    );
+    steps.push(Step::new(
+        "wait for both machines",
+        "kubectl",
+        &[
+            "-n",
+            &spec.cluster_name,
+            "wait",
+            "machines",
+            "--all",
+            "--for",
+            "condition=Ready",
+            "--timeout=45m",
+        ],
+    ));
+    steps
+}
+
+/// Errors of a cluster run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A tool could not be started.
+    #[error("Failed to start `{program}` ({what})")]
+    Spawn {
+        /// The step.
+        what: String,
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step failed.
+    #[error("Step `{what}` failed ({status}): {stderr}")]
+    Step {
+        /// The step.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// A step did not finish in time.
+    #[error("Step `{what}` did not finish within {waited:?}")]
+    Timeout {
+        /// The step.
+        what: String,
+        /// The bound.
+        waited: Duration,
+    },
+}
+
+impl ClusterError {
+    /// A suggestion.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::Spawn { program, .. } => Some(format!(
+                "the cluster profile needs `{program}` on PATH (and docker or podman, internet access): see conformance/README.md"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one step, with `kubeconfig` in the environment.
+pub async fn run_step(
+    step: &Step,
+    kubeconfig: Option<&PathBuf>,
+    limit: Duration,
+) -> Result<String, ClusterError> {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(&step.program);
+    cmd.args(&step.args)
+        .envs(step.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    tracing::info!(step = %step.what, program = %step.program, args = ?step.args, "cluster step");
+    let mut child = cmd.spawn().map_err(|source| ClusterError::Spawn {
+        what: step.what.clone(),
+        program: step.program.clone(),
+        source,
+    })?;
+    let mut stdin = child.stdin.take().expect("piped");
+    if let Some(s) = &step.stdin {
+        let _ = stdin.write_all(s.as_bytes()).await;
+    }
+    drop(stdin);
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| ClusterError::Timeout {
+            what: step.what.clone(),
+            waited: limit,
+        })?
+        .map_err(|source| ClusterError::Spawn {
+            what: step.what.clone(),
+            program: step.program.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(ClusterError::Step {
+            what: step.what.clone(),
+            status: out.status.to_string(),
+            stderr: tail.join("\n"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(s: &str) -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(s)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect()
+    }
+
+    fn spec() -> ClusterSpec {
+        let mut s = ClusterSpec::new("docker://registry.example:5000/kib/node:v1.37.1", "1.37.1");
+        s.use_emulation = true;
+        s.insecure_registries = vec!["registry.example:5000".into()];
+        s
+    }
+
+    #[test]
+    fn cluster_template_boots_the_image_with_watchdog_and_cri_socket() {
+        let d = docs(&cluster_template(&spec()));
+        let kinds: Vec<&str> = d.iter().map(|x| x["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "Cluster",
+                "KubevirtCluster",
+                "KubevirtMachineTemplate",
+                "KubeadmControlPlane",
+                "KubevirtMachineTemplate",
+                "KubeadmConfigTemplate",
+                "MachineDeployment"
+            ]
+        );
+        for t in d.iter().filter(|x| x["kind"] == "KubevirtMachineTemplate") {
+            let vm = &t["spec"]["template"]["spec"]["virtualMachineTemplate"]["spec"];
+            assert_eq!(
+                vm["dataVolumeTemplates"][0]["spec"]["source"]["registry"]["url"].as_str(),
+                Some("docker://registry.example:5000/kib/node:v1.37.1")
+            );
+            let dom = &vm["template"]["spec"]["domain"];
+            assert_eq!(
+                dom["devices"]["watchdog"]["i6300esb"]["action"].as_str(),
+                Some("reset")
+            );
+            assert!(dom["firmware"].is_null(), "BIOS is KubeVirt's default");
+            assert_eq!(
+                vm["template"]["spec"]["volumes"][0]["dataVolume"]["name"].as_str(),
+                Some("rootdisk")
+            );
+            assert_eq!(
+                t["spec"]["template"]["spec"]["virtualMachineBootstrapCheck"]["checkStrategy"]
+                    .as_str(),
+                Some("ssh")
+            );
+        }
+        let kcp = d
+            .iter()
+            .find(|x| x["kind"] == "KubeadmControlPlane")
+            .unwrap();
+        assert_eq!(kcp["spec"]["version"].as_str(), Some("v1.37.1"));
+        assert_eq!(kcp["spec"]["replicas"].as_u64(), Some(1));
+        let cfg = &kcp["spec"]["kubeadmConfigSpec"];
+        assert_eq!(
+            cfg["initConfiguration"]["nodeRegistration"]["criSocket"].as_str(),
+            Some(CRI_SOCKET)
+        );
+        assert_eq!(
+            cfg["joinConfiguration"]["nodeRegistration"]["criSocket"].as_str(),
+            Some(CRI_SOCKET)
+        );
+        let kct = d
+            .iter()
+            .find(|x| x["kind"] == "KubeadmConfigTemplate")
+            .unwrap();
+        assert_eq!(
+            kct["spec"]["template"]["spec"]["joinConfiguration"]["nodeRegistration"]["criSocket"]
+                .as_str(),
+            Some(CRI_SOCKET)
+        );
+        let md = d.iter().find(|x| x["kind"] == "MachineDeployment").unwrap();
+        assert_eq!(md["spec"]["replicas"].as_u64(), Some(1));
+        // The user-data secret is CABPK's: the bootstrap refs point at kubeadm configs.
+        assert_eq!(
+            md["spec"]["template"]["spec"]["bootstrap"]["configRef"]["kind"].as_str(),
+            Some("KubeadmConfigTemplate")
+        );
+    }
+
+    #[test]
+    fn uefi_sets_efi_without_secure_boot() {
+        let mut s = spec();
+        s.firmware = VmFirmware::Uefi;
+        let d = docs(&cluster_template(&s));
+        let t = d
+            .iter()
+            .find(|x| x["kind"] == "KubevirtMachineTemplate")
+            .unwrap();
+        let fw = &t["spec"]["template"]["spec"]["virtualMachineTemplate"]["spec"]["template"]["spec"]
+            ["domain"]["firmware"];
+        assert_eq!(fw["bootloader"]["efi"]["secureBoot"].as_bool(), Some(false));
+    }
+
+    #[test]
+    fn datavolume_kind_config_and_patches() {
+        let s = spec();
+        let dv = &docs(&datavolume(&s))[0];
+        assert_eq!(
+            dv["spec"]["source"]["registry"]["url"].as_str(),
+            Some("docker://registry.example:5000/kib/node:v1.37.1")
+        );
+        assert_eq!(
+            dv["metadata"]["annotations"]["cdi.kubevirt.io/storage.bind.immediate.requested"]
+                .as_str(),
+            Some("true")
+        );
+        let kind = &docs(&kind_config(&s))[0];
+        assert_eq!(kind["apiVersion"].as_str(), Some("kind.x-k8s.io/v1alpha4"));
+        assert_eq!(
+            kind["nodes"][0]["image"].as_str(),
+            Some("kindest/node:v1.36.1")
+        );
+        let p: serde_json::Value = serde_json::from_str(&kubevirt_patch(&s)).unwrap();
+        assert_eq!(
+            p["spec"]["configuration"]["developerConfiguration"]["useEmulation"],
+            true
+        );
+        let c: serde_json::Value = serde_json::from_str(&cdi_patch(&s)).unwrap();
+        assert_eq!(
+            c["spec"]["config"]["insecureRegistries"][0],
+            "registry.example:5000"
+        );
+        assert_eq!(docs(&smoke_pod())[0]["kind"].as_str(), Some("Pod"));
+    }
+
+    #[test]
+    fn plan_orders_the_steps_and_pins_versions() {
+        let steps = plan(&spec(), None);
+        assert_eq!(steps[0].program, "kind");
+        let whats: Vec<&str> = steps.iter().map(|s| s.what.as_str()).collect();
+        let pos = |w: &str| whats.iter().position(|x| *x == w).unwrap();
+        assert!(pos("install the KubeVirt operator") < pos("configure KubeVirt emulation"));
+        assert!(pos("install Cluster API and CAPK") < pos("create the workload cluster"));
+        assert!(pos("import the image with CDI") < pos("create the workload cluster"));
+        let init = &steps[pos("install Cluster API and CAPK")];
+        assert!(init.args.contains(&"kubevirt:v0.11.2".to_owned()));
+        assert!(init.args.contains(&"cluster-api:v1.14.0".to_owned()));
+        assert!(steps.iter().any(|s| {
+            s.args
+                .iter()
+                .any(|a| a.ends_with("v1.9.0/kubevirt-operator.yaml"))
+        }));
+        assert!(
+            plan(&spec(), Some("/k"))
+                .iter()
+                .all(|s| s.program != "kind"),
+            "an existing cluster is reused"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! What every check sees: the running VM, a shell in the guest as the `capk` user, and what is
+//! known about the image.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kib_builder::qmp::QgaClient;
+use kib_builder::vm::{Firmware, QemuVm, Vm, VmError};
+
+use crate::manifest::Expected;
+
+/// The output of a command run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutput {
+    /// The exit status (`None` when the command was killed by a signal or the channel closed).
+    pub status: Option<u32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl ExecOutput {
+    /// Whether the command exited with 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// stdout, trimmed.
+    pub fn out(&self) -> &str {
+        self.stdout.trim()
+    }
+
+    /// A one-line description for failure reasons: the status and the end of stderr/stdout.
+    pub fn describe(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            self.stdout.trim()
+        } else {
+            self.stderr.trim()
+        };
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let status = self
+            .status
+            .map_or("no exit status".to_owned(), |s| format!("exit {s}"));
+        if tail.is_empty() {
+            status
+        } else {
+            format!("{status}: {}", tail.join(" | "))
+        }
+    }
+}
+
+/// Errors of the guest shell.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The SSH command could not be run.
+    #[error("Failed to run `{command}` in the guest over SSH")]
+    Exec {
+        /// The command.
+        command: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A shell in the guest.
+pub trait Shell: Send + Sync {
+    /// Runs `command` with `sh -c` semantics (as the login user) and collects its output.
+    fn exec<'a>(&'a self, command: &'a str) -> BoxFuture<'a, Result<ExecOutput, ShellError>>;
+}
+
+/// Everything the checks need.
+pub struct Context {
+    /// The running VM.
+    pub vm: QemuVm,
+    /// A shell in the guest as `capk`.
+    pub shell: Box<dyn Shell>,
+    /// The firmware the VM booted with.
+    pub firmware: Firmware,
+    /// The image's virtual size before it was grown, in bytes.
+    pub image_size: u64,
+    /// The virtual size of the disk the VM booted, in bytes.
+    pub disk_size: u64,
+    /// The hostname in the ConfigDrive meta data.
+    pub hostname: String,
+    /// The instance uuid in the ConfigDrive meta data (cloud-init's instance id).
+    pub instance_id: String,
+    /// Every public key the test authorised (the test's own and `--authorized-key`s).
+    pub authorized_keys: Vec<String>,
+    /// The build manifest, if there is one.
+    pub expected: Option<Expected>,
+    /// Whether `kubeadm` is on the guest's PATH (probed once after boot).
+    pub has_kubeadm: bool,
+    /// The guest port the firewall check listens on (forwarded to the host).
+    pub probe_port: u16,
+    /// A CNI manifest to apply before waiting for the node to turn Ready.
+    pub cni_manifest: Option<PathBuf>,
+    /// Whether to stop the watchdog daemon and wait for QEMU's watchdog event (reboots the VM).
+    pub watchdog_fire: bool,
+    /// How long a single check may take.
+    pub check_timeout: Duration,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("vm", &self.vm.name())
+            .field("firmware", &self.firmware)
+            .field("image_size", &self.image_size)
+            .field("disk_size", &self.disk_size)
+            .field("hostname", &self.hostname)
+            .field("has_kubeadm", &self.has_kubeadm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Runs `command` in the guest.
+    pub async fn sh(&self, command: &str) -> Result<ExecOutput, ShellError> {
+        tracing::debug!(%command, "guest exec");
+        let out = self.shell.exec(command).await;
+        if let Ok(o) = &out {
+            tracing::trace!(status = ?o.status, stdout = %o.stdout, stderr = %o.stderr, "guest exec done");
+        }
+        out
+    }
+
+    /// Runs `command` as root (`sudo -n sh -c`), quoting it for the shell.
+    pub async fn sudo(&self, command: &str) -> Result<ExecOutput, ShellError> {
+        self.sh(&format!("sudo -n sh -c {}", shell_quote(command)))
+            .await
+    }
+
+    /// A guest agent connection.
+    pub async fn qga(&self) -> Result<QgaClient, VmError> {
+        self.vm.guest_agent(Duration::from_secs(30)).await
+    }
+
+    /// The host address forwarded to the guest's SSH port.
+    pub fn vm_ssh_addr(&self) -> SocketAddr {
+        self.vm.ssh_addr()
+    }
+
+    /// The host address forwarded to `guest_port`.
+    pub fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
+        self.vm.forwarded(guest_port)
+    }
+}
+
+/// Quotes `s` as one POSIX shell word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_sh() {
+        let tricky = r#"echo 'a' "$HOME" `x` ; b\c"#;
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(tricky)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
+    }
+
+    #[test]
+    fn describe_shows_status_and_tail() {
+        let o = ExecOutput {
+            status: Some(2),
+            stdout: "x".into(),
+            stderr: "a\nb\nc\nd\n".into(),
+        };
+        assert_eq!(o.describe(), "exit 2: b | c | d");
+        assert!(!o.success());
+    }
+}
