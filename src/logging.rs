@@ -8,9 +8,13 @@ use crate::cmd::GlobalArgs;
 pub(crate) fn init(global: &GlobalArgs) {
     let default = match (global.quiet, global.verbose) {
         (true, _) => "error",
-        (false, 0) => "warn,kib=info,kib_builder=info,kib_packager=info,kib_signer=info,kib_conformance=info",
-        (false, 1) => "info,kib=debug,kib_builder=debug,kib_packager=debug,kib_signer=debug,kib_conformance=debug",
-        (false, _) => "debug,kib=trace,kib_builder=trace,kib_packager=trace,kib_signer=trace,kib_conformance=trace",
+        (false, 0) => "warn",
+        (false, 1) => {
+            "info,kib=debug,kib_builder=debug,kib_packager=debug,kib_signer=debug,kib_conformance=debug"
+        }
+        (false, _) => {
+            "debug,kib=trace,kib_builder=trace,kib_packager=trace,kib_signer=trace,kib_conformance=trace"
+        }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

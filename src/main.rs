@@ -15,9 +15,16 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
     logging::init(&cli.global);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(err) => return report::render(&anyhow::Error::new(err).context("Failed to start the async runtime")),
+        Err(err) => {
+            return report::render(
+                &anyhow::Error::new(err).context("Failed to start the async runtime"),
+            );
+        }
     };
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,

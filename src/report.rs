@@ -16,19 +16,56 @@ pub(crate) struct Failure(pub(crate) String);
 /// Hints for well-known causes, found anywhere in the chain.
 fn hints(err: &anyhow::Error) -> Vec<String> {
     let mut out = Vec::new();
-    for _cause in err.chain() {
-        // Each library's errors are asked for their hint here (filled in as crates land).
+    for cause in err.chain() {
+        if let Some(h) = hint_of(cause)
+            && !out.contains(&h)
+        {
+            out.push(h);
+        }
     }
-    out.dedup();
     out
+}
+
+/// Asks every library error type that knows a fix for its hint.
+fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    macro_rules! ask {
+        ($($ty:ty),+ $(,)?) => {
+            $(if let Some(e) = cause.downcast_ref::<$ty>() {
+                return e.hint();
+            })+
+        };
+    }
+    ask!(
+        kib_builder::BuildError,
+        kib_builder::cache::CacheError,
+        kib_builder::checksum::ChecksumError,
+        kib_builder::config::ConfigError,
+        kib_builder::config::ValueError,
+        kib_builder::export::ExportError,
+        kib_builder::manifest::ManifestError,
+        kib_builder::provision::ProvisionError,
+        kib_builder::provision::StepError,
+        kib_builder::qmp::QmpError,
+        kib_builder::ssh::SshError,
+        kib_builder::vm::AccelError,
+        kib_builder::vm::VmError,
+        kib_packager::push::PublishError,
+        kib_packager::registry::AuthError,
+        kib_packager::tags::TagError,
+        kib_signer::KeyError,
+        kib_conformance::direct::DirectError,
+        kib_conformance::image::ImageError,
+        kib_conformance::cluster::ClusterError,
+    );
+    None
 }
 
 pub(crate) fn render(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::BrokenPipe {
-                return ExitCode::SUCCESS;
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return ExitCode::SUCCESS;
         }
     }
     let mut text = String::new();

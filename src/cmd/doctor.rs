@@ -1,14 +1,202 @@
-//! (being written)
+//! `kib doctor`: checks the host for what `kib build` needs and prints the exact command that
+//! installs what is missing.
 
-use std::process::ExitCode;
+use std::io::Write;
+use std::process::{Command, ExitCode, Stdio};
 
-use super::GlobalArgs;
+use super::{GlobalArgs, OutputFormat};
+use crate::report::Failure;
 
+/// Check that this host can run `kib build`.
+///
+/// Looks for QEMU (`qemu-system-x86_64`, `qemu-img` with zstd support), hardware acceleration
+/// (`/dev/kvm`, and whether a stock guest kernel can boot on it), `ansible-playbook` and
+/// `python3`, and OVMF for `--firmware uefi`. Exits 1 when something required is missing.
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Write the results as `text` (a table) or `json`.
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    name: &'static str,
+    ok: bool,
+    required: bool,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+const SETUP: &str = "sudo scripts/setup-host.sh   # from a kib checkout; on Debian 12 it takes QEMU from bookworm-backports";
+
+fn version_of(program: &str, arg: &str) -> Option<String> {
+    let out = Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
+fn tool(name: &'static str, program: &str, arg: &str, required: bool, fix: &str) -> Check {
+    match version_of(program, arg) {
+        Some(v) => Check {
+            name,
+            ok: true,
+            required,
+            detail: v,
+            fix: None,
+        },
+        None => Check {
+            name,
+            ok: false,
+            required,
+            detail: format!("`{program}` not found on PATH"),
+            fix: Some(fix.to_owned()),
+        },
+    }
+}
+
+fn qemu_img_zstd() -> Check {
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => {
+            return Check {
+                name: "qemu-img zstd",
+                ok: false,
+                required: false,
+                detail: format!("no temp dir: {e}"),
+                fix: None,
+            };
+        }
+    };
+    let probe = dir.path().join("probe.qcow2");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd"])
+        .arg(&probe)
+        .arg("1M")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    Check {
+        name: "qemu-img zstd",
+        ok,
+        required: false,
+        detail: if ok {
+            "qcow2 zstd compression available (default export)".to_owned()
+        } else {
+            "this qemu-img cannot write zstd-compressed qcow2; use `--compression zlib`".to_owned()
+        },
+        fix: (!ok).then(|| {
+            "install QEMU >= 5.1 built with zstd (Debian 12: bookworm-backports)".to_owned()
+        }),
+    }
+}
+
+fn accel() -> Check {
+    let (kvm, detail) = match kib_builder::vm::accel::detect(kib_builder::vm::AccelRequest::Auto) {
+        Ok(choice) => (
+            matches!(choice.accel, kib_builder::vm::Accel::Kvm),
+            format!("{}: {}", choice.accel, choice.reason),
+        ),
+        Err(err) => (false, err.to_string()),
+    };
+    Check {
+        name: "acceleration",
+        ok: kvm,
+        required: false,
+        detail,
+        fix: (!kvm).then(|| {
+            "builds still work under TCG, only slower; for KVM make /dev/kvm read-writable (e.g. `sudo usermod -aG kvm $USER`, then log in again)".to_owned()
+        }),
+    }
+}
+
+fn ovmf() -> Check {
+    let path = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+    let ok = std::path::Path::new(path).exists();
+    Check {
+        name: "OVMF (UEFI)",
+        ok,
+        required: false,
+        detail: if ok {
+            path.to_owned()
+        } else {
+            format!("`{path}` not found; only needed for `--firmware uefi`")
+        },
+        fix: (!ok).then(|| "sudo apt-get install ovmf".to_owned()),
+    }
+}
 
 impl Args {
     pub(crate) async fn run(self, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("This command is being written")
+        let checks = vec![
+            tool(
+                "qemu-system-x86_64",
+                "qemu-system-x86_64",
+                "--version",
+                true,
+                SETUP,
+            ),
+            tool("qemu-img", "qemu-img", "--version", true, SETUP),
+            qemu_img_zstd(),
+            accel(),
+            tool(
+                "ansible-playbook",
+                "ansible-playbook",
+                "--version",
+                true,
+                "python3 -m pip install 'ansible-core>=2.16,<2.19'",
+            ),
+            tool(
+                "python3",
+                "python3",
+                "--version",
+                true,
+                "sudo apt-get install python3",
+            ),
+            ovmf(),
+        ];
+        let mut out = std::io::stdout().lock();
+        match self.output {
+            OutputFormat::Json => {
+                serde_json::to_writer_pretty(&mut out, &checks)?;
+                writeln!(out)?;
+            }
+            OutputFormat::Text => {
+                for c in &checks {
+                    let status = match (c.ok, c.required) {
+                        (true, _) => "ok",
+                        (false, true) => "MISSING",
+                        (false, false) => "warn",
+                    };
+                    writeln!(out, "{status:<8} {:<20} {}", c.name, c.detail)?;
+                    if let Some(fix) = &c.fix {
+                        writeln!(out, "{:<29}fix: {fix}", "")?;
+                    }
+                }
+            }
+        }
+        let missing: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.required && !c.ok)
+            .map(|c| c.name)
+            .collect();
+        if missing.is_empty() {
+            Ok(ExitCode::SUCCESS)
+        } else {
+            Err(Failure(format!(
+                "This host is missing what `kib build` needs: {}",
+                missing.join(", ")
+            ))
+            .into())
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The subcommands: one file and one `Args` struct each, with an async `run`.
 
 mod build;
+mod conformance;
 mod doctor;
 mod generate_key_pair;
 mod package;
 mod publish;
+mod registry;
 mod sign;
 mod verify;
 
@@ -54,6 +56,8 @@ pub(crate) enum OutputFormat {
 enum Command {
     /// Build a node image: boot the base cloud image in QEMU, provision it, export a qcow2.
     Build(build::Args),
+    /// Prove an image works as a Cluster API + KubeVirt node (QEMU here, or kind + CAPK).
+    Conformance(conformance::Args),
     /// Check that this host has what `kib build` needs, and say how to install what is missing.
     Doctor(doctor::Args),
     /// Write the containerDisk OCI image layout for a qcow2 (no registry needed).
@@ -72,6 +76,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Build(args) => args.run(&global).await,
+        Command::Conformance(args) => args.run(&global).await,
         Command::Doctor(args) => args.run(&global).await,
         Command::Package(args) => args.run(&global).await,
         Command::Publish(args) => args.run(&global).await,

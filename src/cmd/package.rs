@@ -1,14 +1,256 @@
-//! (being written)
+//! `kib package`: the containerDisk as an OCI image layout directory, no registry needed.
+//! Also home of the image flags `publish` shares, and of a plain stderr progress reporter.
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use kib_packager::build_info::{self, BuildInfo};
+use kib_packager::image::ImageMetadata;
+use kib_packager::layer::{Compression, LayerSpec};
+use kib_packager::tags::{TagScheme, TagVars, Tags, git_info};
+use kib_packager::{BlobKind, BlobOutcome, Phase, Reporter};
 
 use super::GlobalArgs;
 
+/// What goes into the image, shared by `package` and `publish`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ImageArgs {
+    /// The qcow2 to wrap (e.g. `kib build`'s `out/<name>.qcow2`).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) qcow2: PathBuf,
+    /// The build manifest for versions and build time [default: `build-manifest.json` beside
+    /// the qcow2, if present].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) manifest: Option<PathBuf>,
+    /// Layer compression: stored gzip (read everywhere, no CPU), zstd, or none.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    pub(crate) compression: String,
+    /// Kubernetes version (overrides the build manifest), e.g. `v1.37.1`.
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) kubernetes_version: Option<String>,
+    /// `org.opencontainers.image.source`: URL of the repository the image is built from.
+    #[arg(long, value_name = "URL")]
+    pub(crate) source: Option<String>,
+    /// `org.opencontainers.image.title`.
+    #[arg(long, default_value = "kib Kubernetes node image")]
+    pub(crate) title: String,
+    /// `org.opencontainers.image.description`.
+    #[arg(long)]
+    pub(crate) description: Option<String>,
+    /// KubeVirt default instancetype for VMs made from this disk (empty: none).
+    #[arg(long, default_value = "u1.medium")]
+    pub(crate) instancetype: String,
+    /// KubeVirt default preference for VMs made from this disk (empty: none).
+    #[arg(long, default_value = "rhel.10")]
+    pub(crate) preference: String,
+    /// Immutable tag when `HEAD` has a git tag. Placeholders: `{git_tag}`, `{k8s_version}`,
+    /// `{k8s_minor}`, `{short_sha}`.
+    #[arg(long, default_value = "{git_tag}", value_name = "TEMPLATE")]
+    pub(crate) tag_immutable: String,
+    /// Immutable tag when `HEAD` has no git tag.
+    #[arg(
+        long,
+        default_value = "{k8s_version}-g{short_sha}",
+        value_name = "TEMPLATE"
+    )]
+    pub(crate) tag_untagged: String,
+    /// Moving tags, set for git-tagged builds only (repeatable).
+    #[arg(long, value_name = "TEMPLATE", default_values = ["{k8s_version}", "{k8s_minor}"])]
+    pub(crate) tag_moving: Vec<String>,
+    /// Set no moving tags.
+    #[arg(long)]
+    pub(crate) no_moving_tags: bool,
+    /// The git checkout whose tag and commit name the image.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub(crate) git_dir: PathBuf,
+}
+
+/// Everything resolved from [`ImageArgs`].
+pub(crate) struct Resolved {
+    pub(crate) layer: LayerSpec,
+    pub(crate) metadata: ImageMetadata,
+    pub(crate) tags: anyhow::Result<Tags>,
+}
+
+impl ImageArgs {
+    pub(crate) fn resolve(&self) -> anyhow::Result<Resolved> {
+        anyhow::ensure!(
+            self.qcow2.is_file(),
+            "The qcow2 `{}` does not exist",
+            self.qcow2.display()
+        );
+        let manifest = self.manifest.clone().or_else(|| {
+            let beside = self
+                .qcow2
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("build-manifest.json");
+            beside.is_file().then_some(beside)
+        });
+        let info: Option<BuildInfo> = manifest.as_deref().map(build_info::read).transpose()?;
+        let epoch = build_info::source_date_epoch(info.as_ref());
+        let compression: Compression = self.compression.parse()?;
+        let git = git_info(&self.git_dir)?;
+        let k8s = self
+            .kubernetes_version
+            .clone()
+            .or_else(|| info.as_ref().and_then(|i| i.kubernetes_version.clone()));
+        let scheme = TagScheme {
+            tagged: self.tag_immutable.clone(),
+            untagged: self.tag_untagged.clone(),
+            moving: if self.no_moving_tags {
+                Vec::new()
+            } else {
+                self.tag_moving.clone()
+            },
+        };
+        let vars = TagVars {
+            git_tag: git.tag.clone(),
+            short_sha: git.short_sha.clone(),
+            kubernetes_version: k8s.clone(),
+        };
+        let tags = scheme.tags(&vars).map_err(anyhow::Error::from);
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let metadata = ImageMetadata {
+            created: epoch,
+            source: self.source.clone(),
+            revision: git.commit.clone(),
+            version: tags.as_ref().ok().map(|t| t.immutable.clone()),
+            title: non_empty(&self.title),
+            description: self.description.clone(),
+            kubernetes_version: k8s,
+            rocky_version: info.as_ref().and_then(|i| i.rocky_version.clone()),
+            base_image_sha256: info.as_ref().and_then(|i| i.base_image_sha256.clone()),
+            instancetype: non_empty(&self.instancetype),
+            preference: non_empty(&self.preference),
+        };
+        Ok(Resolved {
+            layer: LayerSpec::new(&self.qcow2, epoch, compression),
+            metadata,
+            tags,
+        })
+    }
+}
+
+/// Progress as plain lines on stderr (the indicatif reporter replaces it later).
+pub(crate) struct StderrReporter {
+    quiet: bool,
+    state: Mutex<(Instant, u64)>,
+}
+
+impl StderrReporter {
+    pub(crate) fn new(global: &GlobalArgs) -> Self {
+        Self {
+            quiet: global.quiet,
+            state: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    fn line(&self, text: std::fmt::Arguments<'_>) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1024.0 * 1024.0)
+}
+
+impl Reporter for StderrReporter {
+    fn on_blob_start(&self, kind: BlobKind, phase: Phase, digest: Option<&str>, size: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = (Instant::now(), 0);
+        }
+        let what = match (kind, phase) {
+            (BlobKind::Layer, Phase::Hash) => "Hashing the layer",
+            (BlobKind::Layer, Phase::Write) => "Writing the layer",
+            (BlobKind::Layer, Phase::Upload) => "Uploading the layer",
+            (BlobKind::Config, _) => "Uploading the config",
+        };
+        let digest = digest.map(|d| format!(" `{d}`")).unwrap_or_default();
+        self.line(format_args!("{what}{digest} ({:.1} MiB)", mib(size)));
+    }
+    fn on_bytes(&self, n: u64) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 += n;
+        }
+    }
+    fn on_blob_done(&self, kind: BlobKind, digest: &str, outcome: BlobOutcome) {
+        let (start, bytes) = self.state.lock().map(|s| *s).unwrap_or((Instant::now(), 0));
+        match outcome {
+            BlobOutcome::AlreadyPresent => self.line(format_args!(
+                "{kind:?} `{digest}` is already in the registry"
+            )),
+            BlobOutcome::Done if bytes > 0 => {
+                let secs = start.elapsed().as_secs_f64();
+                self.line(format_args!(
+                    "  done: {:.1} MiB in {secs:.2} s ({:.0} MiB/s)",
+                    mib(bytes),
+                    mib(bytes) / secs.max(1e-9)
+                ));
+            }
+            BlobOutcome::Done => {}
+        }
+    }
+    fn on_retry(
+        &self,
+        operation: &str,
+        attempt: u32,
+        wait: std::time::Duration,
+        error: &(dyn std::error::Error + 'static),
+    ) {
+        self.line(format_args!(
+            "warning: {operation} failed (attempt {attempt}): {error}; retrying in {wait:?}"
+        ));
+    }
+    fn on_manifest(&self, digest: &str) {
+        self.line(format_args!("Manifest `{digest}`"));
+    }
+    fn on_tag(&self, tag: &str) {
+        self.line(format_args!("Tagged `{tag}`"));
+    }
+}
+
+/// Write the containerDisk OCI image layout for a qcow2 (`skopeo copy oci:DIR …` reads it).
 #[derive(Debug, clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// The OCI layout directory to write.
+    #[arg(long, short, value_name = "DIR")]
+    output: PathBuf,
+}
 
 impl Args {
-    pub(crate) async fn run(self, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-        anyhow::bail!("This command is being written")
+    pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+        let resolved = self.image.resolve()?;
+        let tags = match resolved.tags {
+            Ok(t) => t.all(),
+            Err(e) => {
+                tracing::warn!("no tag in index.json: {e:#}");
+                Vec::new()
+            }
+        };
+        let reporter = StderrReporter::new(global);
+        let output = self.output.clone();
+        let image = tokio::task::spawn_blocking(move || {
+            kib_packager::layout::write_layout(
+                &output,
+                &resolved.layer,
+                &resolved.metadata,
+                &tags,
+                &reporter,
+            )
+        })
+        .await
+        .context("The packaging task failed")??;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", image.manifest_digest)?;
+        Ok(ExitCode::SUCCESS)
     }
 }

@@ -1,1 +1,9 @@
 //! CLI tests
+#![allow(clippy::print_stderr, clippy::print_stdout)] // tests report timings and logs
+
+mod build;
+mod common;
+mod conformance;
+mod publish;
+mod release;
+mod sign;

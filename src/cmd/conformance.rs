@@ -1,0 +1,380 @@
+//! `kib conformance IMAGE`: proves an image works as a Cluster API + KubeVirt node.
+//!
+//! IMAGE is a qcow2 path, an OCI layout directory (`oci:DIR[:TAG]`) or a registry reference.
+//! The `direct` profile (default) boots it once in QEMU the way KubeVirt does and runs every
+//! check; the `cluster` profile runs it in kind + KubeVirt + CDI + CAPK (internet needed).
+//! The report goes to stdout (`--output text|json|junit`), progress to stderr; any FAIL exits 1.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kib_builder::vm::{AccelRequest, Firmware, Vm as _};
+use kib_conformance::cluster::{self, ClusterSpec, VmFirmware};
+use kib_conformance::direct::{self, DirectOptions};
+use kib_conformance::manifest::Expected;
+use kib_conformance::{CheckReport, CheckResult, Report};
+
+use super::GlobalArgs;
+use crate::report::Failure;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum Profile {
+    /// Boot the image with QEMU on this machine.
+    #[default]
+    Direct,
+    /// kind + KubeVirt + CDI + Cluster API + CAPK (needs internet and docker or podman).
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum FirmwareArg {
+    /// SeaBIOS, KubeVirt's default.
+    #[default]
+    Bios,
+    /// OVMF (Debian's `ovmf`), secure boot off.
+    Uefi,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum AccelArg {
+    /// KVM when usable (not on PVM hosts), else TCG.
+    #[default]
+    Auto,
+    /// KVM or fail.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    /// A table for people.
+    #[default]
+    Text,
+    /// The JSON report (schema in `kib_conformance::report`).
+    Json,
+    /// JUnit XML.
+    Junit,
+}
+
+/// Parses `90`, `90s`, `15m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * mult))
+        .map_err(|_| format!("`{s}` is not a duration (e.g. `900`, `15m`, `1h`)"))
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The image: a qcow2 file, an OCI layout (`DIR` or `oci:DIR:TAG`) or a registry reference.
+    image: String,
+    /// Where to run the checks.
+    #[arg(long, value_enum, default_value_t)]
+    profile: Profile,
+    /// The firmware to boot with (the report says which was used).
+    #[arg(long, value_enum, default_value_t)]
+    firmware: FirmwareArg,
+    /// The accelerator (direct profile).
+    #[arg(long, value_enum, default_value_t, env = "KIB_ACCEL")]
+    accel: AccelArg,
+    /// `build-manifest.json` of the image (default: next to the qcow2).
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Leave the VM (or cluster) running afterwards and print how to get in; Ctrl-C stops it.
+    #[arg(long)]
+    keep: bool,
+    /// A public key allowed to log in as `capk` (repeatable).
+    #[arg(long = "authorized-key", value_name = "KEY")]
+    authorized_keys: Vec<String>,
+    /// Also authorise every key `ssh-add -L` lists.
+    #[arg(long)]
+    authorized_keys_from_agent: bool,
+    /// Bound for the whole run (`900`, `20m`, `1h`); on timeout the last console lines are shown.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    timeout: Duration,
+    /// How to print the report on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    output: ReportFormat,
+    /// Also write JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// A CNI manifest to apply for the node-ready check (SKIP without it).
+    #[arg(long, value_name = "FILE")]
+    cni_manifest: Option<PathBuf>,
+    /// Kill the watchdog daemon at the end and wait for QEMU's watchdog event (resets the VM).
+    #[arg(long)]
+    watchdog_fire: bool,
+    /// GiB added to the image's size for the disk-resize check.
+    #[arg(long, default_value_t = 2, value_name = "GIB")]
+    grow: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Work directory (overlay, keys, console log); default a new directory under /tmp.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Skip TLS verification when pulling a registry image.
+    #[arg(long)]
+    insecure: bool,
+    /// Cluster profile: reuse this management cluster instead of creating a kind cluster.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Cluster profile: the image's Kubernetes version (default: from the build manifest).
+    #[arg(long, value_name = "VERSION")]
+    kubernetes_version: Option<String>,
+    /// Cluster profile: a registry CDI may reach without TLS verification (repeatable).
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
+}
+
+/// Prints progress lines on stderr.
+struct Progress {
+    quiet: bool,
+}
+
+impl Progress {
+    fn line(&self, text: &str) {
+        if !self.quiet {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+}
+
+impl direct::Reporter for Progress {
+    fn on_phase(&self, what: &str) {
+        self.line(&format!("==> {what}"));
+    }
+    fn on_check(&self, r: &CheckReport) {
+        let reason = r
+            .reason
+            .as_deref()
+            .map(|x| format!(": {x}"))
+            .unwrap_or_default();
+        self.line(&format!(
+            "{} {} ({:.1}s){reason}",
+            r.status, r.name, r.duration_secs
+        ));
+    }
+}
+
+fn agent_keys() -> anyhow::Result<Vec<String>> {
+    let out = std::process::Command::new("ssh-add")
+        .arg("-L")
+        .output()
+        .context("Failed to run `ssh-add -L`")?;
+    if !out.status.success() {
+        anyhow::bail!("`ssh-add -L` listed no keys (is an agent running?)");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.trim().is_empty())
+        .collect())
+}
+
+impl Args {
+    pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+        let progress = Progress {
+            quiet: global.quiet,
+        };
+        let (report, kept) = match self.profile {
+            Profile::Direct => self.run_direct(&progress).await?,
+            Profile::Cluster => (self.run_cluster(&progress).await?, None),
+        };
+        let text = match self.output {
+            ReportFormat::Text => report.to_table(),
+            ReportFormat::Json => report.to_json() + "\n",
+            ReportFormat::Junit => report.to_junit(),
+        };
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        if let Some(p) = &self.junit {
+            fs_err::write(p, report.to_junit())?;
+        }
+        if let Some(p) = &self.json {
+            fs_err::write(p, report.to_json())?;
+        }
+        if let Some(kept) = kept {
+            progress.line(&format!(
+                "The VM is still running (console log `{}`). Log in with:\n  {}\nPress Ctrl-C to stop it.",
+                kept.vm.serial_log().display(),
+                kept.ssh_command
+            ));
+            tokio::signal::ctrl_c()
+                .await
+                .context("Failed to wait for Ctrl-C")?;
+            let mut vm = kept.vm;
+            vm.kill().await;
+        }
+        if !report.passed {
+            let failed: Vec<&str> = report
+                .checks
+                .iter()
+                .filter(|c| c.status == kib_conformance::Status::Fail)
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(Failure(format!(
+                "`{}` is not conformant: {} check(s) failed ({})",
+                report.image,
+                failed.len(),
+                failed.join(", ")
+            ))
+            .into());
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn run_direct(
+        &self,
+        progress: &Progress,
+    ) -> anyhow::Result<(Report, Option<direct::KeptVm>)> {
+        let (work, _guard) = match &self.work_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("kib-conf-")
+                    .tempdir_in("/tmp")
+                    .context("Failed to create a work directory")?;
+                let p = t.path().to_path_buf();
+                (p, Some(t))
+            }
+        };
+        let mut opts = DirectOptions::new(&self.image, &work);
+        opts.manifest = self.manifest.clone();
+        opts.firmware = match self.firmware {
+            FirmwareArg::Bios => Firmware::Bios,
+            FirmwareArg::Uefi => Firmware::Uefi,
+        };
+        opts.accel = match self.accel {
+            AccelArg::Auto => AccelRequest::Auto,
+            AccelArg::Kvm => AccelRequest::Kvm,
+            AccelArg::Tcg => AccelRequest::Tcg,
+        };
+        opts.grow_by = self.grow << 30;
+        opts.cpus = self.cpus;
+        opts.memory_mib = self.memory;
+        opts.timeout = self.timeout;
+        opts.authorized_keys = self.authorized_keys.clone();
+        if self.authorized_keys_from_agent {
+            opts.authorized_keys.extend(agent_keys()?);
+        }
+        opts.cni_manifest = self.cni_manifest.clone();
+        opts.watchdog_fire = self.watchdog_fire;
+        opts.keep = self.keep;
+        opts.tls_verify = !self.insecure;
+        let run = direct::run(opts, progress).await.map_err(|e| {
+            let hint = e.hint();
+            anyhow::Error::new(e).context(match hint {
+                Some(h) => format!("Conformance run of `{}` failed (hint: {h})", self.image),
+                None => format!("Conformance run of `{}` failed", self.image),
+            })
+        })?;
+        if run.kept.is_some() {
+            // The work directory holds the key and the sockets: keep it with the VM.
+            if let Some(g) = _guard {
+                let _ = g.keep();
+            }
+        }
+        Ok((run.report, run.kept))
+    }
+
+    async fn run_cluster(&self, progress: &Progress) -> anyhow::Result<Report> {
+        let started = Instant::now();
+        let version = match &self.kubernetes_version {
+            Some(v) => v.clone(),
+            None => self
+                .manifest
+                .as_deref()
+                .map(Expected::read)
+                .transpose()?
+                .and_then(|e| e.kubernetes)
+                .context("The cluster profile needs the image's Kubernetes version: pass `--kubernetes-version` or `--manifest`")?,
+        };
+        let mut spec = ClusterSpec::new(&self.image, &version);
+        spec.insecure_registries = self.insecure_registry.clone();
+        spec.firmware = match self.firmware {
+            FirmwareArg::Bios => VmFirmware::Bios,
+            FirmwareArg::Uefi => VmFirmware::Uefi,
+        };
+        let kubeconfig_arg = self.kubeconfig.as_ref().map(|p| p.display().to_string());
+        let steps = cluster::plan(&spec, kubeconfig_arg.as_deref());
+        let kubeconfig = self.kubeconfig.clone();
+        let mut results = Vec::new();
+        let mut failed = false;
+        for step in &steps {
+            if failed {
+                results.push(CheckReport::new(
+                    &step.what,
+                    &step.what,
+                    &CheckResult::Skip("an earlier step failed".into()),
+                    Duration::ZERO,
+                ));
+                continue;
+            }
+            progress.line(&format!("==> {}", step.what));
+            let t = Instant::now();
+            let left = self.timeout.saturating_sub(started.elapsed());
+            let r = match cluster::run_step(step, kubeconfig.as_ref(), left).await {
+                Ok(_) => CheckResult::Pass,
+                Err(e) => {
+                    failed = true;
+                    let hint = e
+                        .hint()
+                        .map(|h| format!(" (hint: {h})"))
+                        .unwrap_or_default();
+                    CheckResult::fail(format!("{}{hint}", kib_conformance::checks::chain_of(&e)))
+                }
+            };
+            let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
+            direct::Reporter::on_check(progress, &rep);
+            results.push(rep);
+        }
+        if self.kubeconfig.is_none() && !self.keep {
+            progress.line("==> deleting the kind cluster");
+            let _ = std::process::Command::new("kind")
+                .args(["delete", "cluster", "--name", &spec.kind_name])
+                .status();
+        }
+        let fw = match self.firmware {
+            FirmwareArg::Bios => "bios",
+            FirmwareArg::Uefi => "uefi",
+        };
+        Ok(Report::new(
+            &self.image,
+            "cluster",
+            fw,
+            if spec.use_emulation { "tcg" } else { "kvm" },
+            results,
+            started.elapsed(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("soon").is_err());
+    }
+}

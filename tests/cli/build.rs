@@ -1,0 +1,428 @@
+//! `kib build` end to end on the offline Debian fixture, with real QEMU (KVM where it can boot
+//! a guest, TCG otherwise), real SSH and ansible-playbook; then the output is booted with a
+//! new seed and inspected. Also the failure paths: each must exit non-zero, name the cause and
+//! leave no QEMU, no work folder and no output behind.
+//!
+//! Run with: `cargo test --features test-vm --test cli build -- --test-threads=1`
+#![cfg(feature = "test-vm")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kib_builder::seed::{NoCloud, build_user_data};
+use kib_builder::ssh::{KeyPair, SshOptions, wait_for_ssh};
+use kib_builder::vm::{AccelRequest, Network, QemuRunner, Runner, Vm, VmSpec};
+use kib_test_infra::{fixture_image, repo_root};
+
+/// A kib.toml that builds the fixture: a shell marker, then the playbook's generic roles
+/// (the Debian fixture already carries their packages) and a fixture playbook that collects a
+/// file for the manifest.
+fn write_config(dir: &Path, provisioners: &str, boot_timeout: &str) -> PathBuf {
+    let fixture =
+        fixture_image().unwrap_or_else(|e| panic!("{e}\nhint: {}", e.hint().unwrap_or_default()));
+    let checksum = fixture.with_extension("qcow2.sha256");
+    let config = format!(
+        r#"
+[base]
+image = "{image}"
+checksum = "file:{checksum}"
+[kubernetes]
+version = "1.37"
+[vm]
+cpus = 2
+memory_mib = 1536
+disk_size = "3G"
+network = "isolated"
+boot_timeout = "{boot_timeout}"
+shutdown_timeout = "3m"
+[output]
+dir = "out"
+name = "node"
+{provisioners}
+"#,
+        image = fixture.display(),
+        checksum = checksum.display(),
+    );
+    let path = dir.join("kib.toml");
+    fs_err::write(&path, config).unwrap();
+    path
+}
+
+fn kib(config: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kib"))
+        .arg("build")
+        .arg("--config")
+        .arg(config)
+        .arg("--cache-dir")
+        .arg(config.parent().unwrap().join("cache"))
+        .args(extra)
+        .env("KIB_NO_PROGRESS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// No QEMU (or ansible) process refers to `dir` any more.
+fn assert_no_process_mentions(dir: &Path) {
+    let out = Command::new("pgrep")
+        .arg("-af")
+        .arg(dir.to_str().unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let left: Vec<&str> = text.lines().filter(|l| !l.contains("pgrep")).collect();
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}
+
+/// The output folder holds nothing but what `allowed` names (no work dir, no partial files).
+fn assert_out_dir_holds(out: &Path, allowed: &[&str]) {
+    if !out.exists() {
+        return;
+    }
+    let names: Vec<String> = fs_err::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for n in &names {
+        assert!(
+            allowed.contains(&n.as_str()),
+            "unexpected `{n}` left in {}: {names:?}",
+            out.display()
+        );
+    }
+}
+
+struct Built {
+    _dir: tempfile::TempDir,
+    out: PathBuf,
+    stderr: String,
+}
+
+const FIXTURE_PROVISIONERS: &str = r#"
+[[provisioner]]
+type = "shell"
+inline = ["echo built-by-kib > /etc/kib-marker"]
+
+[[provisioner]]
+type = "ansible"
+playbook = "collect.yml"
+
+[[provisioner]]
+type = "ansible"
+playbook = "@PLAYBOOK@"
+extra_args = ["--extra-vars", "@@FIXTURE_VARS@"]
+"#;
+
+/// One build of the fixture, shared by the tests of this file (they run one at a time).
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(
+            dir.path().join("collect.yml"),
+            "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Write a file to collect\n      become: true\n      ansible.builtin.copy:\n        content: '{\"kubernetes\": \"fixture\"}'\n        dest: /var/tmp/versions.json\n        mode: '0644'\n    - name: Collect it for the manifest\n      ansible.builtin.fetch:\n        src: /var/tmp/versions.json\n        dest: \"{{ kib_collect_dir }}/\"\n        flat: true\n",
+        )
+        .unwrap();
+        let root = repo_root();
+        let provisioners = FIXTURE_PROVISIONERS
+            .replace("@PLAYBOOK@", &root.join("playbook/site.yml").display().to_string())
+            .replace("@FIXTURE_VARS@", &root.join("playbook/tests/fixture-vars.yml").display().to_string());
+        let config = write_config(dir.path(), &provisioners, "10m");
+        let started = std::time::Instant::now();
+        let output = kib(&config, &[]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        eprintln!("kib build took {:.0}s\n{stderr}", started.elapsed().as_secs_f64());
+        assert!(output.status.success(), "kib build failed:\n{stderr}");
+        let out = dir.path().join("out");
+        let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert_eq!(PathBuf::from(&printed), out.join("node.qcow2"), "stdout names the image");
+        Built { _dir: dir, out, stderr }
+    })
+}
+
+#[test]
+fn build_writes_a_standalone_image_sidecar_and_manifest() {
+    let b = built();
+    assert_out_dir_holds(
+        &b.out,
+        &["node.qcow2", "node.qcow2.sha256", "build-manifest.json"],
+    );
+    let image = b.out.join("node.qcow2");
+    let info: serde_json::Value = serde_json::from_slice(
+        &Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&image)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        info.get("backing-filename").is_none(),
+        "output must be standalone: {info}"
+    );
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
+    assert_eq!(info["virtual-size"], 3u64 << 30);
+    // Smaller than the fixture it grew from (the overlay is gone with the work dir).
+    let base = fs_err::metadata(fixture_image().unwrap()).unwrap().len();
+    let size = fs_err::metadata(&image).unwrap().len();
+    assert!(size < base * 2, "output {size} bytes vs base {base}");
+
+    // The sidecar matches, checked with coreutils.
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("node.qcow2.sha256")
+        .current_dir(&b.out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(b.out.join("build-manifest.json")).unwrap()).unwrap();
+    let sha = fs_err::read_to_string(b.out.join("node.qcow2.sha256")).unwrap();
+    assert_eq!(
+        manifest["output"]["sha256"].as_str().unwrap(),
+        format!("sha256:{}", sha.split_whitespace().next().unwrap())
+    );
+    assert!(
+        manifest["base_image"]["checksum"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(manifest["kubernetes"]["requested"], "1.37");
+    for stage in [
+        "fetch",
+        "prepare",
+        "boot",
+        "provision",
+        "shutdown",
+        "export",
+    ] {
+        assert!(
+            manifest["stage_seconds"][stage].as_f64().is_some(),
+            "stage {stage} timed: {manifest}"
+        );
+    }
+    assert!(
+        manifest["collected"].to_string().contains("versions.json"),
+        "collected file listed: {manifest}"
+    );
+    assert!(
+        b.stderr.contains("==> export: done"),
+        "progress is reported:\n{}",
+        b.stderr
+    );
+}
+
+/// Boots the built image as a user would (new seed, new key) and checks what the build left.
+#[tokio::test(flavor = "multi_thread")]
+async fn built_image_boots_and_is_generalized() {
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("boot.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(b.out.join("node.qcow2"))
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let key = KeyPair::generate();
+    let mut spec = VmSpec::new("verify", &disk, dir.path());
+    spec.seed = Some(
+        NoCloud::new(
+            "verify-1",
+            "verify",
+            build_user_data("tester", &key.public_openssh()),
+        )
+        .into(),
+    );
+    spec.accel = AccelRequest::Auto;
+    spec.network = Network::Isolated;
+    spec.memory_mib = 1024;
+    spec.watchdog = true;
+    spec.guest_agent = true;
+    let mut vm = QemuRunner::default().start(spec).await.unwrap();
+    let session = match wait_for_ssh(
+        vm.ssh_addr(),
+        "tester",
+        &key,
+        &SshOptions::default(),
+        Duration::from_secs(600),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => panic!("{e}\nserial:\n{}", vm.serial_tail(40).join("\n")),
+    };
+    let run = |cmd: &'static str| {
+        let session = &session;
+        async move {
+            let mut out = String::new();
+            let status = session
+                .exec_sudo(cmd, &mut |_, line| {
+                    out.push_str(line);
+                    out.push('\n');
+                })
+                .await
+                .unwrap();
+            (status.success(), out)
+        }
+    };
+    let (ok, marker) = run("cat /etc/kib-marker").await;
+    assert!(ok && marker.trim() == "built-by-kib", "marker: {marker}");
+    let (_, keys) = run("cat /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys 2>/dev/null; getent passwd kib-build || true").await;
+    assert!(
+        !keys.contains("kib-build"),
+        "build user or key left: {keys}"
+    );
+    assert!(
+        keys.contains(
+            &key.public_openssh()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        ),
+        "the new key is in: {keys}"
+    );
+
+    // The playbook's generic roles took effect (sysctls, modules, services, watchdog, audit,
+    // firewall, generalization): its own check script.
+    let script = fs_err::read(repo_root().join("playbook/tests/fixture-check.sh")).unwrap();
+    let mut stdin: &[u8] = &script;
+    let mut out = String::new();
+    let status = session
+        .exec("sudo -n bash -s", Some(&mut stdin), &mut |_, line| {
+            out.push_str(line);
+            out.push('\n');
+        })
+        .await
+        .unwrap();
+    assert!(status.success(), "fixture-check.sh failed:\n{out}");
+    session.close().await;
+    vm.power_off(Duration::from_secs(180)).await.unwrap();
+}
+
+#[test]
+fn checksum_mismatch_fails_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "", "1m");
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let out = kib(&config, &["--base-checksum", &wrong]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: Failed to get the base image"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("mismatch") || stderr.contains("expected"),
+        "{stderr}"
+    );
+    assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+    // A local base image is verified in place and never deleted.
+    assert!(fixture_image().unwrap().exists());
+}
+
+#[test]
+fn ssh_timeout_names_the_cause_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[provisioner]]\ntype = \"shell\"\ninline = [\"true\"]\n",
+        "5s",
+    );
+    let out = kib(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("The VM did not answer on SSH"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+    assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+}
+
+#[test]
+fn failing_playbook_names_the_step_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(
+        dir.path().join("fail.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Fail on purpose\n      ansible.builtin.fail:\n        msg: kib-test-failure\n",
+    )
+    .unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[provisioner]]\ntype = \"ansible\"\nplaybook = \"fail.yml\"\n",
+        "10m",
+    );
+    let out = kib(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Provisioner 1 (ansible `fail.yml`) failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("kib-test-failure"),
+        "ansible's message is shown:\n{stderr}"
+    );
+    assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+}
+
+#[test]
+fn sigint_mid_provision_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[provisioner]]\ntype = \"shell\"\ninline = [\"echo provisioning-started\", \"sleep 600\"]\n",
+        "10m",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kib"))
+        .args(["build", "--config"])
+        .arg(&config)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("KIB_NO_PROGRESS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("provisioning-started") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("provisioning-started"),
+        "provisioning never started:\n{seen}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{seen}{rest}");
+    assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+}
