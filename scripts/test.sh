@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
+step "actionlint"
+actionlint .github/workflows/*.yml
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

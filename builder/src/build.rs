@@ -429,6 +429,19 @@ impl<R: Runner> Pipeline<'_, R> {
             &collect_dir,
         )
         .map_err(BuildError::Manifest)?;
+        // The collected files (package list, resolved versions) go next to the image, for the
+        // release artifacts and the SBOM attestation; the manifest lists their digests.
+        let collected = self.out_dir.join("collected");
+        if collected.exists() {
+            fs_err::remove_dir_all(&collected).map_err(|source| BuildError::WorkDir {
+                path: collected.clone(),
+                source,
+            })?;
+        }
+        fs_err::rename(&collect_dir, &collected).map_err(|source| BuildError::WorkDir {
+            path: collected.clone(),
+            source,
+        })?;
         let manifest_path = self.out_dir.join("build-manifest.json");
         manifest
             .write(&manifest_path)
@@ -442,8 +455,10 @@ impl<R: Runner> Pipeline<'_, R> {
 }
 
 /// The build's last words in the guest, run as root in one shell so that removing the build
-/// user cannot cut the command short: the user, its home (and `authorized_keys`) and its
-/// sudoers entry go, then the disk is synced and trimmed so the export stays small.
+/// user cannot cut the command short: the user, its home (and `authorized_keys`), its sudoers
+/// entry and the SSH host keys the build pinned go (sshd refuses new connections without host
+/// keys, so this must come last, over the open session; the image regenerates them at first
+/// boot), then the disk is synced and trimmed so the export stays small.
 async fn finish_guest(
     session: &Session,
     user: &str,
@@ -453,6 +468,7 @@ async fn finish_guest(
     let script = format!(
         "rm -f /etc/sudoers.d/90-cloud-init-users; \
          userdel --force --remove {user} 2>/dev/null || userdel --force {user}; \
+         rm -f /etc/ssh/ssh_host_*; \
          sync; fstrim -av || true; sync"
     );
     session

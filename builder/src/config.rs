@@ -341,8 +341,8 @@ pub struct Config {
     /// `[[provisioner]]`: the steps, in order.
     #[serde(default = "default_provisioners", rename = "provisioner")]
     pub provisioners: Vec<Provisioner>,
-    /// `[vars]`: extra vars for every ansible provisioner (a provisioner's own `extra_vars`
-    /// and `--var` win over them).
+    /// `[vars]`: extra vars for every ansible provisioner. Precedence, lowest first: a
+    /// provisioner's own `extra_vars`, `kubernetes_version`, `[vars]`, `--var`.
     #[serde(default)]
     pub vars: BTreeMap<String, serde_json::Value>,
 }
@@ -743,24 +743,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// The extra vars for one ansible provisioner: `kubernetes_version`, then `[vars]`, then
-    /// the provisioner's own `extra_vars`, then `cli_vars` (`--var`); later ones win.
-    pub fn ansible_vars(
-        &self,
-        provisioner: &AnsibleProvisioner,
-        cli_vars: &BTreeMap<String, serde_json::Value>,
-    ) -> BTreeMap<String, serde_json::Value> {
-        let mut vars = BTreeMap::new();
-        vars.insert(
-            "kubernetes_version".to_owned(),
-            serde_json::Value::String(self.kubernetes.version.clone()),
-        );
-        vars.extend(self.vars.clone());
-        vars.extend(provisioner.extra_vars.clone());
-        vars.extend(cli_vars.clone());
-        vars
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
@@ -1334,22 +1316,5 @@ debug = true
         assert_eq!(parse_var("a=b=c").unwrap().1, serde_json::json!("b=c"));
         assert!(matches!(parse_var("novalue"), Err(ValueError::Var { .. })));
         assert!(matches!(parse_var("=x"), Err(ValueError::Var { .. })));
-    }
-
-    #[test]
-    fn ansible_vars_precedence() {
-        let mut c = Config::default();
-        c.vars.insert("a".into(), serde_json::json!("config"));
-        c.vars.insert("b".into(), serde_json::json!("config"));
-        let p = AnsibleProvisioner {
-            playbook: "p.yml".into(),
-            extra_vars: [("b".to_owned(), serde_json::json!("provisioner"))].into(),
-            extra_args: vec![],
-        };
-        let cli = [("kubernetes_version".to_owned(), serde_json::json!("1.36"))].into();
-        let v = c.ansible_vars(&p, &cli);
-        assert_eq!(v["a"], "config");
-        assert_eq!(v["b"], "provisioner");
-        assert_eq!(v["kubernetes_version"], "1.36");
     }
 }

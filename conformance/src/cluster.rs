@@ -33,6 +33,9 @@ pub struct Versions {
     pub capk: String,
     /// cert-manager (installed by `clusterctl init`).
     pub cert_manager: String,
+    /// Calico, the workload cluster's CNI (its images are the ones `kib build` pre-pulls from
+    /// `playbook/files/images.json`).
+    pub calico: String,
 }
 
 impl Default for Versions {
@@ -44,6 +47,7 @@ impl Default for Versions {
             cluster_api: "v1.14.0".to_owned(),
             capk: "v0.11.2".to_owned(),
             cert_manager: "v1.21.1".to_owned(),
+            calico: "v3.31.4".to_owned(),
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct ClusterSpec {
     pub firmware: VmFirmware,
     /// Pinned versions.
     pub versions: Versions,
+    /// Where the run keeps the workload kubeconfig and the API port-forward's pid and log.
+    pub work_dir: PathBuf,
 }
 
 impl ClusterSpec {
@@ -99,6 +105,7 @@ impl ClusterSpec {
             insecure_registries: Vec::new(),
             firmware: VmFirmware::Bios,
             versions: Versions::default(),
+            work_dir: std::env::temp_dir().join("kib-conformance-cluster"),
         }
     }
 }
@@ -278,7 +285,7 @@ pub fn smoke_pod() -> String {
     yaml(&json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "kib-smoke", "namespace": "default"},
+        "metadata": {"name": SMOKE_POD, "namespace": "default"},
         "spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}],
@@ -465,6 +472,64 @@ pub fn plan(spec: &ClusterSpec, kubeconfig: Option<&str>) -> Vec<Step> {
         .stdin(cluster_template(spec)),
     );
     steps.push(Step::new(
+        "wait for the control plane",
+        "kubectl",
+        &[
+            "-n",
+            &spec.cluster_name,
+            "wait",
+            &format!("cluster/{}", spec.cluster_name),
+            "--for",
+            "condition=ControlPlaneInitialized",
+            "--timeout=45m",
+        ],
+    ));
+    let work = spec.work_dir.display().to_string();
+    let kcfg = workload_kubeconfig(spec).display().to_string();
+    steps.push(Step::new(
+        "get the workload kubeconfig",
+        "bash",
+        &[
+            "-c",
+            GET_KUBECONFIG,
+            "kib",
+            &work,
+            &spec.cluster_name,
+            &kcfg,
+        ],
+    ));
+    let port = API_FORWARD_PORT.to_string();
+    let pid = port_forward_pid(spec).display().to_string();
+    let log = spec.work_dir.join("port-forward.log").display().to_string();
+    steps.push(Step::new(
+        "forward the workload API server",
+        "bash",
+        &[
+            "-c",
+            PORT_FORWARD,
+            "kib",
+            &spec.cluster_name,
+            &port,
+            &pid,
+            &log,
+            &kcfg,
+        ],
+    ));
+    let wl = workload_kubectl(spec);
+    steps.push(Step::new(
+        "install the CNI (Calico)",
+        "bash",
+        &[
+            "-c",
+            INSTALL_CNI,
+            "kib",
+            &calico_manifest_url(spec),
+            CALICO_SED,
+            &kcfg,
+            &port,
+        ],
+    ));
+    steps.push(Step::new(
         "wait for both machines",
         "kubectl",
         &[
@@ -478,8 +543,143 @@ pub fn plan(spec: &ClusterSpec, kubeconfig: Option<&str>) -> Vec<Step> {
             "--timeout=45m",
         ],
     ));
+    let wl_step = |what: &str, args: &[&str]| {
+        let mut all: Vec<&str> = wl.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        Step::new(what, "kubectl", &all)
+    };
+    steps.push(wl_step(
+        "wait for the workload nodes",
+        &[
+            "wait",
+            "nodes",
+            "--all",
+            "--for",
+            "condition=Ready",
+            "--timeout=20m",
+        ],
+    ));
+    steps.push(
+        wl_step("run a pod in the workload cluster", &["apply", "-f", "-"]).stdin(smoke_pod()),
+    );
+    steps.push(wl_step(
+        "wait for the pod",
+        &[
+            "-n",
+            "default",
+            "wait",
+            &format!("pod/{SMOKE_POD}"),
+            "--for",
+            "condition=Ready",
+            "--timeout=10m",
+        ],
+    ));
     steps
 }
+
+/// The local port `virtctl port-forward` maps to the workload control plane's 6443 (CAPK's
+/// e2e uses the same).
+pub const API_FORWARD_PORT: u16 = 64443;
+
+/// The smoke pod's name (in `default`).
+pub const SMOKE_POD: &str = "kib-smoke";
+
+/// Where the run writes the workload cluster's kubeconfig.
+pub fn workload_kubeconfig(spec: &ClusterSpec) -> PathBuf {
+    spec.work_dir
+        .join(format!("{}.kubeconfig", spec.cluster_name))
+}
+
+/// The pid file of the background `virtctl port-forward`.
+pub fn port_forward_pid(spec: &ClusterSpec) -> PathBuf {
+    spec.work_dir.join("port-forward.pid")
+}
+
+/// `kubectl` and the flags that reach the workload cluster through the port-forward (CAPK's
+/// way: the kubeconfig's server is the infra-side ClusterIP service, unreachable from the host,
+/// and the forwarded endpoint is not in the certificate).
+pub fn workload_kubectl(spec: &ClusterSpec) -> Vec<String> {
+    vec![
+        "--kubeconfig".to_owned(),
+        workload_kubeconfig(spec).display().to_string(),
+        "--server".to_owned(),
+        format!("https://127.0.0.1:{API_FORWARD_PORT}"),
+        "--insecure-skip-tls-verify".to_owned(),
+    ]
+}
+
+/// Calico's manifest for [`Versions::calico`].
+pub fn calico_manifest_url(spec: &ClusterSpec) -> String {
+    format!(
+        "https://raw.githubusercontent.com/projectcalico/calico/{}/manifests/calico.yaml",
+        spec.versions.calico
+    )
+}
+
+/// `$1` work dir, `$2` cluster name and namespace, `$3` kubeconfig path.
+const GET_KUBECONFIG: &str = r#"set -eu
+mkdir -p "$1"
+clusterctl get kubeconfig "$2" -n "$2" > "$3.tmp"
+mv "$3.tmp" "$3""#;
+
+/// `$1` namespace, `$2` local port, `$3` pid file, `$4` log, `$5` workload kubeconfig. The
+/// forward runs in the background with its output in a file (run_step waits for its pipes to
+/// close) and is ready when the API server answers `/readyz` through it.
+const PORT_FORWARD: &str = r#"set -eu
+if [ -f "$3" ]; then kill "$(cat "$3")" 2>/dev/null || true; rm -f "$3"; fi
+vm=$(kubectl -n "$1" get machines -l cluster.x-k8s.io/control-plane -o jsonpath='{.items[0].spec.infrastructureRef.name}')
+[ -n "$vm" ] || { echo "no control-plane machine in namespace $1" >&2; exit 1; }
+virtctl port-forward -n "$1" --address 127.0.0.1 "vm/$vm" "$2:6443" </dev/null >"$4" 2>&1 &
+echo $! > "$3"
+for _ in $(seq 60); do
+  if kubectl --kubeconfig "$5" --server "https://127.0.0.1:$2" --insecure-skip-tls-verify get --raw /readyz >/dev/null 2>&1; then exit 0; fi
+  kill -0 "$(cat "$3")" 2>/dev/null || break
+  sleep 2
+done
+echo "the workload API server did not answer on 127.0.0.1:$2 through vm/$vm" >&2
+tail -n 8 "$4" >&2
+exit 1"#;
+
+/// `$1` manifest URL, `$2` sed program, `$3` workload kubeconfig, `$4` forwarded port.
+const INSTALL_CNI: &str = r#"set -euo pipefail
+curl -fsSL --retry 3 "$1" | sed -E "$2" |
+  kubectl --kubeconfig "$3" --server "https://127.0.0.1:$4" --insecure-skip-tls-verify apply -f -"#;
+
+/// The Cluster API book's Calico edits for a KubeVirt tenant: the pod CIDR of
+/// [`cluster_template`], VXLAN instead of IP-in-IP, Felix's VXLAN on port 6789 (the infra
+/// cluster's CNI may own 4789).
+const CALICO_SED: &str = r#"s|^( +)# (- name: CALICO_IPV4POOL_CIDR)$|\1\2|
+s|^( +)# (  value: )"192.168.0.0/16"|\1\2"10.243.0.0/16"|
+/- name: CALICO_IPV4POOL_IPIP/{n;s/value: "Always"/value: "Never"/}
+/- name: CALICO_IPV4POOL_VXLAN/{n;s/value: "Never"/value: "Always"/}
+/# Set Felix endpoint to host default action to ACCEPT./a\            - name: FELIX_VXLANPORT\n              value: "6789""#;
+
+/// What runs after [`plan`], whether it passed or not: unless `keep`, stop the API
+/// port-forward and delete the kind cluster (when [`plan`] created one, i.e. `kubeconfig` is
+/// `None`). Run every step, ignoring failures.
+pub fn teardown(spec: &ClusterSpec, kubeconfig: Option<&str>, keep: bool) -> Vec<Step> {
+    if keep {
+        return Vec::new();
+    }
+    let pid = port_forward_pid(spec).display().to_string();
+    let mut steps = vec![Step::new(
+        "stop the API port-forward",
+        "bash",
+        &["-c", STOP_PORT_FORWARD, "kib", &pid],
+    )];
+    if kubeconfig.is_none() {
+        steps.push(Step::new(
+            "delete the kind cluster",
+            "kind",
+            &["delete", "cluster", "--name", &spec.kind_name],
+        ));
+    }
+    steps
+}
+
+/// `$1` pid file.
+const STOP_PORT_FORWARD: &str =
+    r#"if [ -f "$1" ]; then kill "$(cat "$1")" 2>/dev/null || true; rm -f "$1"; fi"#;
 
 /// Errors of a cluster run.
 #[derive(Debug, thiserror::Error)]
@@ -737,11 +937,166 @@ mod tests {
                 .iter()
                 .any(|a| a.ends_with("v1.9.0/kubevirt-operator.yaml"))
         }));
+        let forward = pos("forward the workload API server");
+        assert!(pos("create the workload cluster") < pos("wait for the control plane"));
+        assert!(pos("wait for the control plane") < pos("get the workload kubeconfig"));
+        assert!(pos("get the workload kubeconfig") < forward);
+        assert!(forward < pos("install the CNI (Calico)"));
+        assert!(pos("install the CNI (Calico)") < pos("wait for both machines"));
+        assert!(pos("wait for both machines") < pos("wait for the workload nodes"));
+        assert!(pos("wait for the workload nodes") < pos("run a pod in the workload cluster"));
+        assert_eq!(whats.last(), Some(&"wait for the pod"));
+        let s = spec();
+        let kcfg = workload_kubeconfig(&s).display().to_string();
+        let get = &steps[pos("get the workload kubeconfig")];
+        assert!(get.args[1].contains("clusterctl get kubeconfig \"$2\" -n \"$2\""));
+        assert_eq!(
+            &get.args[3..],
+            [
+                s.work_dir.display().to_string(),
+                "kib-wl".to_owned(),
+                kcfg.clone()
+            ]
+        );
+        let pf = &steps[forward];
+        assert!(
+            pf.args[1].contains(
+                "virtctl port-forward -n \"$1\" --address 127.0.0.1 \"vm/$vm\" \"$2:6443\""
+            )
+        );
+        assert_eq!(pf.args[3], "kib-wl");
+        assert_eq!(pf.args[4], "64443");
+        assert_eq!(pf.args[5], port_forward_pid(&s).display().to_string());
+        let cni = &steps[pos("install the CNI (Calico)")];
+        assert_eq!(
+            cni.args[3],
+            "https://raw.githubusercontent.com/projectcalico/calico/v3.31.4/manifests/calico.yaml"
+        );
+        let wl = [
+            "--kubeconfig",
+            kcfg.as_str(),
+            "--server",
+            "https://127.0.0.1:64443",
+            "--insecure-skip-tls-verify",
+        ];
+        let pod = &steps[pos("run a pod in the workload cluster")];
+        assert_eq!(pod.program, "kubectl");
+        assert_eq!(pod.args[..5], wl);
+        assert_eq!(pod.args[5..], ["apply", "-f", "-"]);
+        assert_eq!(
+            docs(pod.stdin.as_deref().unwrap())[0]["metadata"]["name"].as_str(),
+            Some(SMOKE_POD)
+        );
+        let wait = steps.last().unwrap();
+        assert_eq!(wait.args[..5], wl);
+        assert_eq!(
+            wait.args[5..],
+            [
+                "-n",
+                "default",
+                "wait",
+                "pod/kib-smoke",
+                "--for",
+                "condition=Ready",
+                "--timeout=10m"
+            ]
+        );
+        assert_eq!(steps[pos("wait for the workload nodes")].args[..5], wl);
         assert!(
             plan(&spec(), Some("/k"))
                 .iter()
                 .all(|s| s.program != "kind"),
             "an existing cluster is reused"
         );
+    }
+
+    #[test]
+    fn teardown_stops_the_port_forward_then_deletes_kind_unless_kept() {
+        let s = spec();
+        let t = teardown(&s, None, false);
+        let whats: Vec<&str> = t.iter().map(|x| x.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            ["stop the API port-forward", "delete the kind cluster"]
+        );
+        assert_eq!(t[0].args[3], port_forward_pid(&s).display().to_string());
+        assert_eq!(
+            t[1].args,
+            ["delete", "cluster", "--name", "kib-conformance"]
+        );
+        let reused = teardown(&s, Some("/k"), false);
+        assert_eq!(
+            reused.len(),
+            1,
+            "an existing management cluster is not deleted"
+        );
+        assert_eq!(reused[0].what, "stop the API port-forward");
+        assert!(
+            teardown(&s, None, true).is_empty(),
+            "--keep keeps the forward and kind"
+        );
+    }
+
+    /// The stop step really ends a background process through its pid file (bash + a sleep,
+    /// standing in for virtctl), and is harmless when nothing was started.
+    #[tokio::test]
+    async fn stop_step_kills_the_recorded_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        s.work_dir = dir.path().to_owned();
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        std::fs::write(port_forward_pid(&s), child.id().to_string()).unwrap();
+        let stop = &teardown(&s, Some("/k"), false)[0];
+        run_step(stop, None, Duration::from_secs(10)).await.unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the process was killed: {status}");
+        assert!(!port_forward_pid(&s).exists());
+        run_step(stop, None, Duration::from_secs(10)).await.unwrap();
+    }
+
+    /// The Calico edits, applied by GNU sed to the lines of calico.yaml they target.
+    #[test]
+    fn calico_sed_switches_to_vxlan_and_the_cluster_pod_cidr() {
+        let excerpt = concat!(
+            "            - name: CALICO_IPV4POOL_IPIP\n",
+            "              value: \"Always\"\n",
+            "            - name: CALICO_IPV4POOL_VXLAN\n",
+            "              value: \"Never\"\n",
+            "            # - name: CALICO_IPV4POOL_CIDR\n",
+            "            #   value: \"192.168.0.0/16\"\n",
+            "            # Set Felix endpoint to host default action to ACCEPT.\n",
+            "            - name: FELIX_DEFAULTENDPOINTTOHOSTACTION\n",
+        );
+        let mut sed = std::process::Command::new("sed")
+            .args(["-E", CALICO_SED])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        sed.stdin
+            .take()
+            .unwrap()
+            .write_all(excerpt.as_bytes())
+            .unwrap();
+        let out = sed.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let env: Vec<serde_yaml::Value> = serde_yaml::from_slice(&out.stdout).unwrap();
+        let get = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == n)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_owned)
+        };
+        assert_eq!(get("CALICO_IPV4POOL_IPIP").as_deref(), Some("Never"));
+        assert_eq!(get("CALICO_IPV4POOL_VXLAN").as_deref(), Some("Always"));
+        assert_eq!(
+            get("CALICO_IPV4POOL_CIDR").as_deref(),
+            Some("10.243.0.0/16")
+        );
+        assert_eq!(get("FELIX_VXLANPORT").as_deref(), Some("6789"));
     }
 }

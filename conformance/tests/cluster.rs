@@ -1,11 +1,11 @@
 //! The `cluster` profile end to end: kind + KubeVirt + CDI + Cluster API + CAPK, a workload
-//! cluster booting the published image. Needs internet, docker or podman, kind, kubectl and
+//! cluster booting the published image and running a pod. Needs internet, docker or podman, kind, kubectl and
 //! clusterctl (see README.md); run by name:
 //! `KIB_CONFORMANCE_IMAGE=… KIB_CONFORMANCE_K8S=… cargo test -p kib-conformance -- --ignored cluster`.
 
 use std::time::Duration;
 
-use kib_conformance::cluster::{ClusterSpec, plan, run_step};
+use kib_conformance::cluster::{ClusterSpec, plan, run_step, teardown};
 
 #[tokio::test]
 #[ignore = "needs internet: kind, KubeVirt, CDI, Cluster API and CAPK releases plus the image's registry"]
@@ -23,8 +23,9 @@ async fn cluster_profile_boots_a_workload_cluster_from_the_image() {
             break;
         }
     }
-    let _ = std::process::Command::new("kind")
-        .args(["delete", "cluster", "--name", &spec.kind_name])
-        .status();
+    // Stops the API port-forward and deletes the kind cluster, whatever happened.
+    for step in teardown(&spec, None, false) {
+        let _ = run_step(&step, None, Duration::from_secs(10 * 60)).await;
+    }
     result.unwrap();
 }

@@ -18,24 +18,27 @@ use kib_builder::vm::QemuRunner;
 use super::{GlobalArgs, OutputFormat};
 use crate::reporter::TermReporter;
 
-/// Build a Kubernetes node image.
-///
-/// Downloads (once, into the cache) and verifies the base cloud image, boots a copy-on-write
-/// overlay of it in QEMU (KVM where it can boot a guest, TCG otherwise), seeds cloud-init with a
-/// throwaway build user and SSH key, runs the provisioners of `kib.toml` (by default the
-/// Ansible playbook `playbook/site.yml`), removes the build user, trims the disk, powers the VM
-/// off over ACPI and exports a standalone compressed qcow2 plus `<name>.qcow2.sha256` and
-/// `build-manifest.json` into the output folder.
-///
-/// Every option below overrides the same key of `kib.toml`. On any failure or Ctrl-C, QEMU is
-/// stopped, the work folder removed and nothing is left under the output name.
-///
-/// Examples:
-///   kib build                                   # Rocky Linux 10 + Kubernetes from kib.toml
-///   kib build --kubernetes-version 1.37.1 --output-dir out
-///   kib build --base-image ./my.qcow2 --base-checksum sha256:9fc9… --network isolated
+const AFTER_HELP: &str = "\
+What it does: downloads (once, into the cache) and verifies the base cloud image, boots a
+copy-on-write overlay of it in QEMU (KVM where it can boot a guest, TCG otherwise), seeds
+cloud-init with a throwaway build user and SSH key, runs the provisioners of kib.toml (by
+default the Ansible playbook playbook/site.yml), removes the build user, trims the disk, powers
+the VM off over ACPI and exports a standalone compressed qcow2, <name>.qcow2.sha256 and
+build-manifest.json into the output folder.
+
+Every option overrides the same key of kib.toml. On any failure, Ctrl-C or SIGTERM, QEMU is
+stopped, the work folder removed, and nothing is left under the output name.
+
+Examples:
+  kib build                                   # Rocky Linux 10 + Kubernetes from kib.toml
+  kib build -k 1.37.1 --output-dir out        # another Kubernetes release
+  kib build --base-image ./my.qcow2 --base-checksum sha256:<hex> --network isolated
+  kib build --on-error abort                  # keep the VM for debugging when a step fails
+
+Next: kib conformance out/<name>.qcow2, then kib publish --qcow2 ... --manifest ...";
+
 #[derive(Debug, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_long_help = AFTER_HELP)]
 pub(crate) struct Args {
     /// The configuration file; a missing file means the built-in defaults.
     #[arg(long, short = 'c', default_value = "kib.toml", env = "KIB_CONFIG")]

@@ -345,11 +345,11 @@ impl Args {
             direct::Reporter::on_check(progress, &rep);
             results.push(rep);
         }
-        if self.kubeconfig.is_none() && !self.keep {
-            progress.line("==> deleting the kind cluster");
-            let _ = std::process::Command::new("kind")
-                .args(["delete", "cluster", "--name", &spec.kind_name])
-                .status();
+        // Teardown runs whether or not a step failed: the API port-forward is stopped and the
+        // kind cluster kib created is deleted (nothing with `--keep`).
+        for step in cluster::teardown(&spec, kubeconfig_arg.as_deref(), self.keep) {
+            progress.line(&format!("==> {}", step.what));
+            let _ = cluster::run_step(&step, kubeconfig.as_ref(), Duration::from_secs(300)).await;
         }
         let fw = match self.firmware {
             FirmwareArg::Bios => "bios",

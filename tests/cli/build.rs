@@ -123,7 +123,7 @@ fn built() -> &'static Built {
         let dir = tempfile::tempdir().unwrap();
         fs_err::write(
             dir.path().join("collect.yml"),
-            "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Write a file to collect\n      become: true\n      ansible.builtin.copy:\n        content: '{\"kubernetes\": \"fixture\"}'\n        dest: /var/tmp/versions.json\n        mode: '0644'\n    - name: Collect it for the manifest\n      ansible.builtin.fetch:\n        src: /var/tmp/versions.json\n        dest: \"{{ kib_collect_dir }}/\"\n        flat: true\n",
+            "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: Write a file to collect\n      become: true\n      ansible.builtin.copy:\n        content: '{\"collected\": \"fixture\"}'\n        dest: /var/tmp/kib-test-collect.json\n        mode: '0644'\n    - name: Collect it for the manifest\n      ansible.builtin.fetch:\n        src: /var/tmp/kib-test-collect.json\n        dest: \"{{ kib_collect_dir }}/\"\n        flat: true\n",
         )
         .unwrap();
         let root = repo_root();
@@ -213,7 +213,9 @@ fn build_writes_a_standalone_image_sidecar_and_manifest() {
         );
     }
     assert!(
-        manifest["collected"].to_string().contains("versions.json"),
+        manifest["collected"]
+            .to_string()
+            .contains("kib-test-collect.json"),
         "collected file listed: {manifest}"
     );
     assert!(
@@ -424,5 +426,75 @@ fn sigint_mid_provision_stops_everything() {
     assert_eq!(status.code(), Some(2), "{seen}{rest}");
     assert!(rest.contains("interrupted"), "{seen}{rest}");
     assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+}
+
+/// `kib conformance` on what `kib build` made of the fixture: the generic requirements
+/// (checks 1–7) PASS, the Kubernetes ones SKIP with a reason (the fixture has no kubeadm), and
+/// the command exits 0 because nothing failed.
+#[test]
+fn built_image_passes_the_direct_conformance_profile() {
+    let b = built();
+    let dir = tempfile::Builder::new()
+        .prefix("kc-built-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let json = dir.path().join("report.json");
+    let junit = dir.path().join("report.xml");
+    let out = Command::new(env!("CARGO_BIN_EXE_kib"))
+        .arg("conformance")
+        .arg(b.out.join("node.qcow2"))
+        .arg("--manifest")
+        .arg(b.out.join("build-manifest.json"))
+        .args(["--timeout", "20m", "--json"])
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--work-dir")
+        .arg(dir.path().join("w"))
+        .env("KIB_NO_PROGRESS", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    let report: serde_json::Value = serde_json::from_slice(&fs_err::read(&json).unwrap()).unwrap();
+    let status = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+    };
+    for pass in [
+        "boot",
+        "cloud-init",
+        "disk-resize",
+        "guest-agent",
+        "watchdog",
+        "firewall",
+        "audit",
+        "generalized",
+    ] {
+        assert_eq!(
+            status(pass).as_deref(),
+            Some("PASS"),
+            "{pass}:\n{stdout}\n{stderr}"
+        );
+    }
+    for skip in ["versions", "images", "kubeadm-bootstrap"] {
+        assert_eq!(
+            status(skip).as_deref(),
+            Some("SKIP"),
+            "{skip}:\n{stdout}\n{stderr}"
+        );
+    }
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        fs_err::read_to_string(&junit).unwrap().contains("<skipped"),
+        "SKIPs are reported as skipped in JUnit"
+    );
     assert_no_process_mentions(dir.path());
 }
