@@ -22,9 +22,17 @@ apt_target=()
 if [ "${ID:-}" = debian ] && [ "${VERSION_CODENAME:-}" = bookworm ]; then
   # bookworm's qemu-system-x86 7.2 conflicts with the qemu-utils 10.0 these hosts carry from
   # bookworm-backports, and 7.2 aborts on `-cpu host`: take QEMU from backports.
+  # The backports line uses the mirror this host's apt already uses for bookworm.
   list=/etc/apt/sources.list.d/bookworm-backports.list
-  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "deb http://deb.debian.org/debian bookworm-backports main" >"$list"
+  # shellcheck disable=SC2016 # $(CODENAME) is apt's own field syntax, not the shell's
+  if ! apt-get indextargets --format '$(CODENAME)' | grep -qx 'bookworm-backports'; then
+    mirror="$(apt-get indextargets --format '$(CODENAME) $(REPO_URI)' \
+      | awk '$1 == "bookworm" { print $2; exit }')"
+    if [ -z "$mirror" ]; then
+      echo "setup-host.sh: no bookworm apt source found to add bookworm-backports to" >&2
+      exit 1
+    fi
+    echo "deb $mirror bookworm-backports main" >"$list"
   fi
   apt_target=(-t bookworm-backports)
 fi

@@ -114,7 +114,7 @@ fn accel() -> Check {
         required: false,
         detail,
         fix: (!kvm).then(|| {
-            "builds still work under TCG, only slower; for KVM make /dev/kvm read-writable (e.g. `sudo usermod -aG kvm $USER`, then log in again)".to_owned()
+            "builds still work under TCG, only slower; KVM needs a read-writable /dev/kvm (e.g. `sudo usermod -aG kvm $USER`, then log in again) on a host that can boot a stock guest kernel (not a PVM host)".to_owned()
         }),
     }
 }

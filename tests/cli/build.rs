@@ -118,8 +118,23 @@ extra_args = ["--extra-vars", "@@FIXTURE_VARS@"]
 
 /// One build of the fixture, shared by the tests of this file (they run one at a time).
 fn built() -> &'static Built {
-    static BUILT: OnceLock<Built> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static BUILT: OnceLock<Result<Built, String>> = OnceLock::new();
+    // A failed build is remembered too, so the tests that share it fail at once with its log
+    // instead of building again.
+    match BUILT.get_or_init(|| {
+        std::panic::catch_unwind(build_fixture).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "the fixture build panicked".to_owned())
+        })
+    }) {
+        Ok(b) => b,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn build_fixture() -> Built {
+    {
         let dir = tempfile::tempdir().unwrap();
         fs_err::write(
             dir.path().join("collect.yml"),
@@ -128,19 +143,39 @@ fn built() -> &'static Built {
         .unwrap();
         let root = repo_root();
         let provisioners = FIXTURE_PROVISIONERS
-            .replace("@PLAYBOOK@", &root.join("playbook/site.yml").display().to_string())
-            .replace("@FIXTURE_VARS@", &root.join("playbook/tests/fixture-vars.yml").display().to_string());
+            .replace(
+                "@PLAYBOOK@",
+                &root.join("playbook/site.yml").display().to_string(),
+            )
+            .replace(
+                "@FIXTURE_VARS@",
+                &root
+                    .join("playbook/tests/fixture-vars.yml")
+                    .display()
+                    .to_string(),
+            );
         let config = write_config(dir.path(), &provisioners, "10m");
         let started = std::time::Instant::now();
         let output = kib(&config, &[]);
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        eprintln!("kib build took {:.0}s\n{stderr}", started.elapsed().as_secs_f64());
+        eprintln!(
+            "kib build took {:.0}s\n{stderr}",
+            started.elapsed().as_secs_f64()
+        );
         assert!(output.status.success(), "kib build failed:\n{stderr}");
         let out = dir.path().join("out");
         let printed = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert_eq!(PathBuf::from(&printed), out.join("node.qcow2"), "stdout names the image");
-        Built { _dir: dir, out, stderr }
-    })
+        assert_eq!(
+            PathBuf::from(&printed),
+            out.join("node.qcow2"),
+            "stdout names the image"
+        );
+        Built {
+            _dir: dir,
+            out,
+            stderr,
+        }
+    }
 }
 
 #[test]
@@ -148,7 +183,21 @@ fn build_writes_a_standalone_image_sidecar_and_manifest() {
     let b = built();
     assert_out_dir_holds(
         &b.out,
-        &["node.qcow2", "node.qcow2.sha256", "build-manifest.json"],
+        &[
+            "node.qcow2",
+            "node.qcow2.sha256",
+            "build-manifest.json",
+            "collected",
+        ],
+    );
+    let collected = fs_err::read_to_string(b.out.join("collected/kib-test-collect.json")).unwrap();
+    assert!(
+        collected.contains("fixture"),
+        "the collected file is kept: {collected}"
+    );
+    assert!(
+        b.out.join("collected/packages.txt").exists(),
+        "the playbook's package list is collected"
     );
     let image = b.out.join("node.qcow2");
     let info: serde_json::Value = serde_json::from_slice(
