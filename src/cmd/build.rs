@@ -151,7 +151,7 @@ fn git_revision(dir: &std::path::Path) -> Option<String> {
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM (what CI runners send to cancel a job), so that the
 /// build can stop QEMU and clean up instead of dying with it running.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

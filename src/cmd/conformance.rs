@@ -194,9 +194,19 @@ impl Args {
         let progress = Progress {
             quiet: global.quiet,
         };
-        let (report, kept) = match self.profile {
-            Profile::Direct => self.run_direct(&progress).await?,
-            Profile::Cluster => (self.run_cluster(&progress).await?, None),
+        // Ctrl-C or SIGTERM drops the run, and with it the VM (its drop guard kills QEMU),
+        // instead of the process dying with QEMU left behind.
+        let run = async {
+            match self.profile {
+                Profile::Direct => self.run_direct(&progress).await,
+                Profile::Cluster => Ok((self.run_cluster(&progress).await?, None)),
+            }
+        };
+        let (report, kept) = tokio::select! {
+            r = run => r?,
+            () = super::build::interrupted() => {
+                anyhow::bail!("Interrupted; the VM was stopped")
+            }
         };
         let text = match self.output {
             ReportFormat::Text => report.to_table(),
