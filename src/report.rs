@@ -43,6 +43,7 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         kib_builder::config::ValueError,
         kib_builder::export::ExportError,
         kib_builder::manifest::ManifestError,
+        kib_builder::manifest::ManifestReadError,
         kib_builder::provision::ProvisionError,
         kib_builder::provision::StepError,
         kib_builder::qmp::QmpError,

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use kib_builder::Reporter;
 use kib_builder::cache::{BaseImage, CacheError};
 use kib_builder::checksum::{Checksum, ChecksumSource};
+use kib_test_infra::tools::{files_in, run_tool, sha256sum};
 
 const IMAGE: &str = "Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";
 
@@ -115,7 +116,7 @@ fn fixture() -> Fixture {
     let root = dir.path().join("www");
     std::fs::create_dir_all(&root).unwrap();
     let image = root.join(IMAGE);
-    run(
+    run_tool(
         "qemu-img",
         &[
             "create",
@@ -126,7 +127,7 @@ fn fixture() -> Fixture {
             "64M",
         ],
     );
-    run(
+    run_tool(
         "qemu-io",
         &["-c", "write -P 0x5a 0 3M", image.to_str().unwrap()],
     );
@@ -153,42 +154,6 @@ fn fixture() -> Fixture {
         bytes,
         _dir: dir,
     }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program} is needed for this test (scripts/setup-host.sh installs it): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The SHA-256 as computed by coreutils, independently of kib.
-fn sha256sum(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 fn chain(err: &dyn std::error::Error) -> String {

@@ -6,67 +6,34 @@ use std::process::Command;
 
 use kib_builder::config::{Compression, OutputFormat};
 use kib_builder::export::{ExportError, export};
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{program} is needed for this test (scripts/setup-host.sh installs it): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use kib_test_infra::tools::{files_in, run_tool, sha256sum};
 
 /// `base.qcow2` (64 MiB, 8 MiB of 0xab) and `overlay.qcow2` on top (4 MiB of 0xcd at 16 MiB).
 fn disk(dir: &Path) -> PathBuf {
     let base = dir.join("base.qcow2");
     let overlay = dir.join("overlay.qcow2");
     let (b, o) = (base.to_str().unwrap(), overlay.to_str().unwrap());
-    run("qemu-img", &["create", "-q", "-f", "qcow2", b, "64M"]);
-    run("qemu-io", &["-c", "write -P 0xab 0 8M", b]);
-    run(
+    run_tool("qemu-img", &["create", "-q", "-f", "qcow2", b, "64M"]);
+    run_tool("qemu-io", &["-c", "write -P 0xab 0 8M", b]);
+    run_tool(
         "qemu-img",
         &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", b, o],
     );
-    run("qemu-io", &["-c", "write -P 0xcd 16M 4M", o]);
+    run_tool("qemu-io", &["-c", "write -P 0xcd 16M 4M", o]);
     overlay
 }
 
 fn info(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&run(
+    serde_json::from_str(&run_tool(
         "qemu-img",
         &["info", "--output=json", path.to_str().unwrap()],
     ))
     .unwrap()
 }
 
-fn sha256sum(path: &Path) -> String {
-    run("sha256sum", &[path.to_str().unwrap()])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 /// The exported image holds the same guest data as the overlay chain.
 fn assert_same_data(overlay: &Path, exported: &Path) {
-    run(
+    run_tool(
         "qemu-img",
         &[
             "compare",
@@ -74,7 +41,7 @@ fn assert_same_data(overlay: &Path, exported: &Path) {
             exported.to_str().unwrap(),
         ],
     );
-    let out = run(
+    let out = run_tool(
         "qemu-io",
         &[
             "-r",
@@ -154,7 +121,7 @@ async fn zstd_qcow2_is_standalone_and_checksummed() {
     std::fs::rename(&image.path, &moved).unwrap();
     assert_same_data(&overlay, &moved);
     std::fs::remove_file(dir.path().join("base.qcow2")).unwrap();
-    run(
+    run_tool(
         "qemu-io",
         &["-r", "-c", "read -P 0xab 0 8M", moved.to_str().unwrap()],
     );
@@ -292,7 +259,7 @@ async fn a_new_export_replaces_the_old_one() {
     )
     .await
     .unwrap();
-    run(
+    run_tool(
         "qemu-io",
         &["-c", "write -P 0xee 40M 1M", overlay.to_str().unwrap()],
     );

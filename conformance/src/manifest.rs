@@ -1,141 +1,58 @@
-//! What the checks read from the builder's `build-manifest.json`: the versions of the
-//! Kubernetes tools and the pre-pulled images. The reader is tolerant: every field is optional
-//! and several spellings are accepted (`versions.kubernetes` as the playbook's `versions.json`
-//! has it, `kubernetes_version`, `kubernetesVersion`, `kubernetes.version`).
+//! What the checks expect of an image, from the builder's `build-manifest.json` (read with
+//! [`kib_builder::manifest::read`], the one reader of that file): the versions of the
+//! Kubernetes tools and the pre-pulled images; and how a tool's `--version` output is compared
+//! with them ([`version_in`], [`same_version`]).
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-
-/// The file name the builder writes next to the image.
-pub const MANIFEST_NAME: &str = "build-manifest.json";
+use kib_builder::manifest::{self, BuildManifest, MANIFEST_FILE, ManifestReadError};
 
 /// The expected versions and images.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expected {
     /// The manifest file.
     pub path: PathBuf,
-    /// Kubernetes (kubeadm, kubelet, kubectl), e.g. `1.37.1`.
+    /// Kubernetes (kubeadm, kubelet, kubectl) as installed, e.g. `1.37.1`
+    /// (`kubernetes.resolved`; the requested `1.37` is not a version a tool prints).
     pub kubernetes: Option<String>,
-    /// containerd.
+    /// containerd (`versions.json`'s `containerd`).
     pub containerd: Option<String>,
-    /// crictl.
+    /// crictl (`versions.json`'s `crictl`).
     pub crictl: Option<String>,
     /// Images that must be in containerd (`crictl images`).
     pub images: Vec<String>,
 }
 
-/// The manifest could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    /// The file could not be read.
-    #[error("Failed to read the build manifest `{path}`")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not JSON.
-    #[error("The build manifest `{path}` is not valid JSON")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-fn lookup<'a>(v: &'a Value, paths: &[&[&str]]) -> Option<&'a Value> {
-    paths.iter().find_map(|p| {
-        let mut cur = v;
-        for k in *p {
-            cur = cur.get(k)?;
-        }
-        (!cur.is_null()).then_some(cur)
-    })
-}
-
-fn string(v: &Value, paths: &[&[&str]]) -> Option<String> {
-    lookup(v, paths)
-        .and_then(Value::as_str)
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 impl Expected {
-    /// Parses a manifest's JSON.
-    pub fn from_value(path: &Path, v: &Value) -> Self {
-        let images = lookup(
-            v,
-            &[
-                &["images"],
-                &["prepulled_images"],
-                &["pre_pulled_images"],
-                &["prePulledImages"],
-                &["versions", "images"],
-            ],
-        )
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|i| i.as_str().or_else(|| i.get("name").and_then(Value::as_str)))
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    /// What `manifest` (read from `path`) says the image holds.
+    pub fn from_manifest(path: &Path, manifest: &BuildManifest) -> Self {
+        let owned = |v: Option<&str>| v.map(str::to_owned);
         Self {
             path: path.into(),
-            kubernetes: string(
-                v,
-                &[
-                    &["versions", "kubernetes"],
-                    &["kubernetes_version"],
-                    &["kubernetesVersion"],
-                    &["kubernetes", "version"],
-                ],
-            ),
-            containerd: string(
-                v,
-                &[
-                    &["versions", "containerd"],
-                    &["containerd_version"],
-                    &["containerd", "version"],
-                ],
-            ),
-            crictl: string(
-                v,
-                &[
-                    &["versions", "crictl"],
-                    &["crictl_version"],
-                    &["crictl", "version"],
-                ],
-            ),
-            images,
+            kubernetes: manifest
+                .kubernetes
+                .resolved
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            containerd: owned(manifest.version("containerd")),
+            crictl: owned(manifest.version("crictl")),
+            images: manifest.images(),
         }
     }
 
     /// Reads `path`.
-    pub fn read(path: &Path) -> Result<Self, ManifestError> {
-        let bytes = fs_err::read(path).map_err(|source| ManifestError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
-            path: path.into(),
-            source,
-        })?;
-        Ok(Self::from_value(path, &v))
+    pub fn read(path: &Path) -> Result<Self, ManifestReadError> {
+        manifest::read(path).map(|m| Self::from_manifest(path, &m))
     }
 
     /// `--manifest` if given, else `build-manifest.json` next to `image` if it exists.
-    pub fn find(explicit: Option<&Path>, image: &Path) -> Result<Option<Self>, ManifestError> {
+    pub fn find(explicit: Option<&Path>, image: &Path) -> Result<Option<Self>, ManifestReadError> {
         if let Some(p) = explicit {
             return Self::read(p).map(Some);
         }
-        let next_to = image.parent().unwrap_or(Path::new(".")).join(MANIFEST_NAME);
+        let next_to = image.parent().unwrap_or(Path::new(".")).join(MANIFEST_FILE);
         if next_to.is_file() {
             Self::read(&next_to).map(Some)
         } else {
@@ -176,26 +93,49 @@ pub fn same_version(want: &str, got: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// A manifest as `kib build` writes it (only the fields that matter here, plus the
+    /// required ones), with `versions.json` as the playbook's collect step writes it.
+    fn manifest_json(resolved: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "created": "2026-11-27T10:00:00Z",
+            "base_image": {
+                "source": "x", "name": "x",
+                "checksum": "sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+            },
+            "kubernetes": {"requested": "1.37", "resolved": resolved},
+            "output": {
+                "file": "node.qcow2", "format": "qcow2", "compression": "zstd",
+                "sha256": "sha256:0000000000000000000000000000000000000000000000000000000000000002",
+                "virtual_size": 1, "file_size": 1
+            },
+            "collected": {"files": {}, "versions": {
+                "kubernetes": resolved, "containerd": "2.1.4", "crictl": "v1.37.0", "runc": null,
+                "pause_image": "registry.k8s.io/pause:3.10",
+                "images": ["quay.io/calico/node:v3.31.4", {"name": "quay.io/calico/cni:v3.31.4"}]
+            }}
+        })
+    }
+
     #[test]
-    fn reads_the_playbooks_versions_shape_and_flat_aliases() {
-        let v = serde_json::json!({
-            "versions": {"kubernetes": "1.37.1", "containerd": "2.1.4", "crictl": "v1.37.0", "runc": null},
-            "images": ["registry.k8s.io/pause:3.10", {"name": "quay.io/calico/node:v3.31.4"}]
-        });
-        let e = Expected::from_value(Path::new("m.json"), &v);
+    fn expects_what_the_builder_recorded() {
+        let m: BuildManifest = serde_json::from_value(manifest_json(Some("1.37.1"))).unwrap();
+        let e = Expected::from_manifest(Path::new("m.json"), &m);
+        assert_eq!(e.path, Path::new("m.json"));
         assert_eq!(e.kubernetes.as_deref(), Some("1.37.1"));
+        assert_eq!(e.containerd.as_deref(), Some("2.1.4"));
         assert_eq!(e.crictl.as_deref(), Some("v1.37.0"));
         assert_eq!(
             e.images,
-            ["registry.k8s.io/pause:3.10", "quay.io/calico/node:v3.31.4"]
+            [
+                "quay.io/calico/node:v3.31.4",
+                "quay.io/calico/cni:v3.31.4",
+                "registry.k8s.io/pause:3.10"
+            ]
         );
-        let flat = Expected::from_value(
-            Path::new("m"),
-            &serde_json::json!({"kubernetesVersion": "v1.36.0"}),
-        );
-        assert_eq!(flat.kubernetes.as_deref(), Some("v1.36.0"));
-        assert_eq!(flat.containerd, None);
-        assert!(flat.images.is_empty());
+        // Without the installed version there is nothing to compare the tools with: the
+        // requested `1.37` is not it.
+        let m: BuildManifest = serde_json::from_value(manifest_json(None)).unwrap();
+        assert_eq!(Expected::from_manifest(Path::new("m"), &m).kubernetes, None);
     }
 
     #[test]
@@ -203,17 +143,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("node.qcow2");
         assert_eq!(Expected::find(None, &img).unwrap(), None);
-        fs_err::write(
-            dir.path().join(MANIFEST_NAME),
-            r#"{"kubernetes_version": "1.37.1"}"#,
-        )
-        .unwrap();
+        let beside = dir.path().join(MANIFEST_FILE);
+        fs_err::write(&beside, manifest_json(Some("1.37.1")).to_string()).unwrap();
         let e = Expected::find(None, &img).unwrap().unwrap();
         assert_eq!(e.kubernetes.as_deref(), Some("1.37.1"));
+        assert_eq!(e.path, beside);
         fs_err::write(dir.path().join("bad.json"), "{").unwrap();
         assert!(matches!(
             Expected::find(Some(&dir.path().join("bad.json")), &img),
-            Err(ManifestError::Parse { .. })
+            Err(ManifestReadError::Parse { .. })
+        ));
+        assert!(matches!(
+            Expected::find(Some(&dir.path().join("missing.json")), &img),
+            Err(ManifestReadError::Read { .. })
         ));
     }
 

@@ -10,7 +10,8 @@
 //! - [`registry`]: registry clients and credentials (shared with the signer);
 //! - [`push`]: `kib publish`, the streaming push with HEAD checks, retries and tags;
 //! - [`tags`]: the tag scheme (git tag, Kubernetes version, short sha);
-//! - [`build_info`]: what the packager reads from the builder's `build-manifest.json`.
+//! - [`build_info`]: what the image records about the build (filled by the caller from
+//!   the build manifest) and the fixed build time.
 //!
 //! Nothing here prints: progress goes through [`Reporter`], failures are typed errors.
 //!

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use kib_builder::manifest::{self, BuildManifest};
 use kib_packager::build_info::{self, BuildInfo};
 use kib_packager::image::ImageMetadata;
 use kib_packager::layer::{Compression, LayerSpec};
@@ -88,10 +89,15 @@ impl ImageArgs {
                 .qcow2
                 .parent()
                 .unwrap_or(Path::new("."))
-                .join("build-manifest.json");
+                .join(manifest::MANIFEST_FILE);
             beside.is_file().then_some(beside)
         });
-        let info: Option<BuildInfo> = manifest.as_deref().map(build_info::read).transpose()?;
+        let info: Option<BuildInfo> = manifest
+            .as_deref()
+            .map(manifest::read)
+            .transpose()?
+            .as_ref()
+            .map(build_info_of);
         let epoch = build_info::source_date_epoch(info.as_ref());
         let compression: Compression = self.compression.parse()?;
         let git = git_info(&self.git_dir)?;
@@ -133,6 +139,17 @@ impl ImageArgs {
             metadata,
             tags,
         })
+    }
+}
+
+/// What the image records from the build manifest: the Kubernetes version with a `v`, the
+/// Rocky Linux version, the base image's sha256 and the build time.
+fn build_info_of(m: &BuildManifest) -> BuildInfo {
+    BuildInfo {
+        kubernetes_version: m.kubernetes_version().map(|v| format!("v{v}")),
+        rocky_version: m.rocky_version().map(str::to_owned),
+        base_image_sha256: Some(m.base_image_sha256().to_owned()),
+        build_epoch: m.build_epoch(),
     }
 }
 
@@ -252,5 +269,115 @@ impl Args {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", image.manifest_digest)?;
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_json() -> serde_json::Value {
+        serde_json::json!({
+            "created": "2026-11-27T10:00:00Z",
+            "base_image": {
+                "source": "x", "name": "x",
+                "checksum": "sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789"
+            },
+            "kubernetes": {"requested": "1.37", "resolved": "1.37.1"},
+            "output": {
+                "file": "n.qcow2", "format": "qcow2", "compression": "zstd",
+                "sha256": "sha256:0000000000000000000000000000000000000000000000000000000000000002",
+                "virtual_size": 1, "file_size": 1
+            },
+            "collected": {"files": {}, "versions": {"rocky": "10.1"}}
+        })
+    }
+
+    #[test]
+    fn build_info_from_the_builder_manifest() {
+        let m: BuildManifest = serde_json::from_value(manifest_json()).unwrap();
+        let info = build_info_of(&m);
+        assert_eq!(
+            info,
+            BuildInfo {
+                kubernetes_version: Some("v1.37.1".into()),
+                rocky_version: Some("10.1".into()),
+                base_image_sha256: Some(
+                    "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789".into()
+                ),
+                build_epoch: Some(1_795_773_600),
+            }
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        image: ImageArgs,
+    }
+
+    fn resolve(dir: &Path, extra: &[&str]) -> anyhow::Result<Resolved> {
+        let qcow2 = dir.join("node.qcow2");
+        fs_err::write(&qcow2, "not read here").unwrap();
+        let mut args = vec!["kib".to_owned(), "--qcow2".to_owned()];
+        args.push(qcow2.display().to_string());
+        args.push("--git-dir".to_owned());
+        args.push(dir.display().to_string());
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        <Cli as clap::Parser>::try_parse_from(args)
+            .unwrap()
+            .image
+            .resolve()
+    }
+
+    #[test]
+    fn the_manifest_beside_the_qcow2_labels_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = resolve(dir.path(), &[]).unwrap().metadata;
+        assert_eq!(
+            (
+                bare.kubernetes_version,
+                bare.rocky_version,
+                bare.base_image_sha256
+            ),
+            (None, None, None)
+        );
+        fs_err::write(
+            dir.path().join(manifest::MANIFEST_FILE),
+            manifest_json().to_string(),
+        )
+        .unwrap();
+        let m = resolve(dir.path(), &[]).unwrap().metadata;
+        assert_eq!(m.kubernetes_version.as_deref(), Some("v1.37.1"));
+        assert_eq!(m.rocky_version.as_deref(), Some("10.1"));
+        assert_eq!(
+            m.base_image_sha256.as_deref(),
+            Some("abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789")
+        );
+        // `--kubernetes-version` wins over the manifest.
+        let m = resolve(dir.path(), &["--kubernetes-version", "v1.36.0"])
+            .unwrap()
+            .metadata;
+        assert_eq!(m.kubernetes_version.as_deref(), Some("v1.36.0"));
+    }
+
+    #[test]
+    fn an_unreadable_manifest_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.json");
+        let err = resolve(dir.path(), &["--manifest", &missing.display().to_string()])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("Failed to read the build manifest `{}`", missing.display())
+        );
+        let bad = dir.path().join(manifest::MANIFEST_FILE);
+        fs_err::write(&bad, "{").unwrap();
+        let err = resolve(dir.path(), &[]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("The build manifest `{}` is not valid", bad.display())
+        );
     }
 }

@@ -1,12 +1,12 @@
 //! Helpers the registry tests share (`publish`, `sign`, `release`): tool checks that fail
-//! with a hint, a small qcow2, and a `kib` runner that proves the key password is never
-//! printed.
+//! with a hint, a local registry, a small qcow2, a `kib` runner that proves the key password
+//! is never printed, and the key pair, SBOM and `kib verify` steps of the signing tests.
 #![cfg(feature = "test-registry")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kib_test_infra::registry::require;
+use kib_test_infra::registry::{Registry, require};
 
 /// The cosign key password the tests use; [`kib_with_password`] fails if it is ever printed.
 pub const PASSWORD: &str = "pw-never-printed-7f3a";
@@ -16,6 +16,12 @@ pub fn need(tool: &str, package: &'static str) {
     if let Err(e) = require(tool, package) {
         panic!("{e}\nhint: {}", e.hint().unwrap_or_default());
     }
+}
+
+/// A local registry (with skopeo to inspect it); fails with the hint when either is missing.
+pub fn start_registry() -> Registry {
+    need("skopeo", "skopeo");
+    Registry::start().unwrap_or_else(|e| panic!("{e}\nhint: {}", e.hint().unwrap_or_default()))
 }
 
 /// Runs `cmd`, asserts success and returns its stdout.
@@ -94,4 +100,63 @@ pub fn kib_with_password(args: &[&str], password: Option<&str>) -> Output {
     let text = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!text.contains(PASSWORD), "the password was printed: {text}");
     out
+}
+
+/// A cosign key pair made by `kib generate-key-pair`.
+pub struct KeyPair {
+    /// The prefix passed as `--output-key-prefix`.
+    pub prefix: PathBuf,
+    /// `<prefix>.key`, encrypted with [`PASSWORD`].
+    pub key: PathBuf,
+    /// `<prefix>.pub`.
+    pub public: PathBuf,
+}
+
+/// `kib generate-key-pair --output-key-prefix DIR/cosign` with [`PASSWORD`]; asserts success.
+pub fn generate_key_pair(dir: &Path) -> KeyPair {
+    let prefix = dir.join("cosign");
+    let out = kib_with_password(
+        &["generate-key-pair", "--output-key-prefix", path(&prefix)],
+        Some(PASSWORD),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    KeyPair {
+        key: dir.join("cosign.key"),
+        public: dir.join("cosign.pub"),
+        prefix,
+    }
+}
+
+/// A minimal SPDX SBOM to attest, written to `DIR/sbom.spdx.json`.
+pub fn write_sbom(dir: &Path) -> PathBuf {
+    let sbom = dir.join("sbom.spdx.json");
+    fs_err::write(
+        &sbom,
+        r#"{"spdxVersion":"SPDX-2.3","name":"kib-node","packages":[]}"#,
+    )
+    .unwrap();
+    sbom
+}
+
+/// `kib verify --attestation-type spdxjson --output json`: asserts that `image` resolves to
+/// `digest` and that both its signature and its SBOM attestation verify with `public`.
+pub fn assert_verifies_with_sbom(public: &Path, image: &str, digest: &str) {
+    let out = kib_with_password(
+        &[
+            "verify",
+            "--key",
+            path(public),
+            image,
+            "--attestation-type",
+            "spdxjson",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["digest"], digest);
+    assert_eq!(report["attestations"]["verified"], true);
 }

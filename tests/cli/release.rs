@@ -297,32 +297,19 @@ fn release_workflow_runs_the_pipeline_with_flags_kib_has() {
 mod registry {
     use std::process::Command;
 
-    use kib_test_infra::registry::Registry;
-
-    use crate::common::{PASSWORD, kib_with_password as kib, need, ok, path, qcow2, stderr};
+    use crate::common::{
+        PASSWORD, assert_verifies_with_sbom, generate_key_pair, kib_with_password as kib, need, ok,
+        path, qcow2, start_registry, stderr, write_sbom,
+    };
 
     #[test]
     fn publish_with_sign_key_then_verify_passes() {
-        need("skopeo", "skopeo");
         need("qemu-img", "qemu-utils");
-        let registry = Registry::start()
-            .unwrap_or_else(|e| panic!("{e}\nhint: {}", e.hint().unwrap_or_default()));
+        let registry = start_registry();
         let dir = tempfile::tempdir().unwrap();
         let disk = qcow2(dir.path());
-        let prefix = dir.path().join("cosign");
-        let out = kib(
-            &["generate-key-pair", "--output-key-prefix", path(&prefix)],
-            Some(PASSWORD),
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        let key = dir.path().join("cosign.key");
-        let public = dir.path().join("cosign.pub");
-        let sbom = dir.path().join("sbom.spdx.json");
-        fs_err::write(
-            &sbom,
-            r#"{"spdxVersion":"SPDX-2.3","name":"kib-node","packages":[]}"#,
-        )
-        .unwrap();
+        let keys = generate_key_pair(dir.path());
+        let sbom = write_sbom(dir.path());
         let repo = format!("{}/kib/node", registry.host());
         let publish = |repo: &str, password: &str| {
             kib(
@@ -339,7 +326,7 @@ mod registry {
                     "--tag-untagged",
                     "{k8s_version}-release",
                     "--sign-key",
-                    path(&key),
+                    path(&keys.key),
                     "--attest-predicate",
                     path(&sbom),
                     "--attest-type",
@@ -385,24 +372,6 @@ mod registry {
         ]));
         assert!(tags.contains(&format!("\"{sig_tag}\"")), "{tags}");
 
-        let image = format!("{repo}:v1.37.1-release");
-        let out = kib(
-            &[
-                "verify",
-                "--key",
-                path(&public),
-                &image,
-                "--attestation-type",
-                "spdxjson",
-                "--output",
-                "json",
-            ],
-            None,
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["verified"], true);
-        assert_eq!(report["digest"], digest);
-        assert_eq!(report["attestations"]["verified"], true);
+        assert_verifies_with_sbom(&keys.public, &format!("{repo}:v1.37.1-release"), digest);
     }
 }

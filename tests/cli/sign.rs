@@ -3,12 +3,13 @@
 //! password is never printed. Needs `--features test-registry`.
 #![cfg(feature = "test-registry")]
 
+use super::common::{
+    PASSWORD, assert_verifies_with_sbom, generate_key_pair, kib_with_password as kib, path,
+    start_registry, stderr, write_sbom,
+};
 use kib_signer::oci_client::client::{Config, ImageLayer};
 use kib_signer::oci_client::secrets::RegistryAuth;
 use kib_signer::oci_client::{Client, Reference};
-use kib_test_infra::registry::{Registry, require};
-
-use super::common::{PASSWORD, kib_with_password as kib, path, stderr};
 
 /// Pushes a tiny one-layer image with oci-client and returns its digest.
 fn push_image(image: &str, content: &str) -> String {
@@ -45,36 +46,27 @@ async fn push(client: &Client, reference: &Reference, layer: ImageLayer, config:
     digest
 }
 
-fn start() -> Registry {
-    if let Err(e) = require("skopeo", "skopeo") {
-        panic!("{e}\nhint: {}", e.hint().unwrap_or_default());
-    }
-    Registry::start().unwrap_or_else(|e| panic!("{e}\nhint: {}", e.hint().unwrap_or_default()))
-}
-
 #[test]
 fn sign_then_verify_and_tamper_cases() {
-    let registry = start();
+    let registry = start_registry();
     let host = registry.host();
     let dir = tempfile::tempdir().unwrap();
     let image = format!("{host}/kib/node:v1.37.1");
     let digest = push_image(&image, "node image A");
-    let prefix = dir.path().join("cosign");
 
-    let out = kib(
-        &["generate-key-pair", "--output-key-prefix", path(&prefix)],
-        Some(PASSWORD),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let key = dir.path().join("cosign.key");
-    let public = dir.path().join("cosign.pub");
+    let keys = generate_key_pair(dir.path());
+    let (key, public) = (&keys.key, &keys.public);
     assert!(
-        fs_err::read_to_string(&key)
+        fs_err::read_to_string(key)
             .unwrap()
             .starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n")
     );
     let out = kib(
-        &["generate-key-pair", "--output-key-prefix", path(&prefix)],
+        &[
+            "generate-key-pair",
+            "--output-key-prefix",
+            path(&keys.prefix),
+        ],
         Some(PASSWORD),
     );
     assert_eq!(
@@ -84,17 +76,12 @@ fn sign_then_verify_and_tamper_cases() {
         stderr(&out)
     );
 
-    let sbom = dir.path().join("sbom.spdx.json");
-    fs_err::write(
-        &sbom,
-        r#"{"spdxVersion":"SPDX-2.3","name":"kib-node","packages":[]}"#,
-    )
-    .unwrap();
+    let sbom = write_sbom(dir.path());
     let out = kib(
         &[
             "sign",
             "--key",
-            path(&key),
+            path(key),
             &image,
             "--predicate",
             path(&sbom),
@@ -112,26 +99,9 @@ fn sign_then_verify_and_tamper_cases() {
         "{stdout}"
     );
 
-    let out = kib(
-        &[
-            "verify",
-            "--key",
-            path(&public),
-            &image,
-            "--attestation-type",
-            "spdxjson",
-            "--output",
-            "json",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["verified"], true);
-    assert_eq!(report["digest"], digest.as_str());
-    assert_eq!(report["attestations"]["verified"], true);
+    assert_verifies_with_sbom(public, &image, &digest);
 
-    let out = kib(&["verify", "--key", path(&public), &image], None);
+    let out = kib(&["verify", "--key", path(public), &image], None);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -166,7 +136,7 @@ fn sign_then_verify_and_tamper_cases() {
 
     // Wrong password: signing fails (exit 2), the password is not echoed.
     let out = kib(
-        &["sign", "--key", path(&key), &image],
+        &["sign", "--key", path(key), &image],
         Some("wrong-password"),
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -177,14 +147,14 @@ fn sign_then_verify_and_tamper_cases() {
     );
 
     // No password and no terminal: a clear error, not a hang.
-    let out = kib(&["sign", "--key", path(&key), &image], None);
+    let out = kib(&["sign", "--key", path(key), &image], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("COSIGN_PASSWORD"), "{}", stderr(&out));
 
     // Re-tagged to another digest: exit 1, no signatures for the new digest.
     let digest_b = push_image(&image, "node image B");
     let out = kib(
-        &["verify", "--key", path(&public), &image, "--output", "json"],
+        &["verify", "--key", path(public), &image, "--output", "json"],
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -202,7 +172,7 @@ fn sign_then_verify_and_tamper_cases() {
         &[
             "verify",
             "--key",
-            path(&public),
+            path(public),
             &format!("{host}/kib/node@{digest}"),
         ],
         None,
