@@ -65,9 +65,9 @@ impl std::fmt::Display for Status {
 /// One conformance check.
 pub trait Check: Send + Sync {
     /// A short stable id, e.g. `guest-agent` (used in JSON and JUnit).
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// What the check proves, in a few words (shown in the table).
-    fn title(&self) -> &'static str;
+    fn title(&self) -> &str;
     /// `Err(reason)` when the check cannot run against this image or VM; it is then reported
     /// as [`CheckResult::Skip`] with that reason.
     fn can_run(&self, _ctx: &Context) -> Result<(), String> {

@@ -105,7 +105,6 @@ async fn raw_fixture_passes_boot_checks_and_fails_unprovisioned_ones() {
 
 /// The fixture boots with GRUB on BIOS only: under UEFI the boot check FAILs with the
 /// firmware's reason, quickly, and every other check is skipped.
-#[ignore = "its EFI-shell detector has not yet passed a VM run (it waited out its timeout once); run with --ignored"]
 #[tokio::test(flavor = "multi_thread")]
 #[allow(clippy::print_stderr, reason = "the table is the test's evidence")]
 async fn bios_only_fixture_fails_under_uefi_with_a_clear_reason() {

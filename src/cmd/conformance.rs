@@ -118,6 +118,11 @@ pub(crate) struct Args {
     /// Kill the watchdog daemon at the end and wait for QEMU's watchdog event (resets the VM).
     #[arg(long)]
     watchdog_fire: bool,
+    /// Your own check (direct profile, repeatable): a script run as root in the booted image,
+    /// reported as `script:<file stem>`, PASS when it exits 0, else FAIL with its last lines.
+    /// Runs after the built-in checks, before `--watchdog-fire`.
+    #[arg(long = "check-script", value_name = "FILE")]
+    check_scripts: Vec<PathBuf>,
     /// GiB added to the image's size for the disk-resize check.
     #[arg(long, default_value_t = 2, value_name = "GIB")]
     grow: u64,
@@ -287,6 +292,7 @@ impl Args {
         opts.cni_manifest = self.cni_manifest.clone();
         opts.watchdog_fire = self.watchdog_fire;
         opts.keep = self.keep;
+        opts.check_scripts = self.check_scripts.clone();
         opts.tls_verify = !self.insecure;
         let run = direct::run(opts, progress).await.map_err(|e| {
             let hint = e.hint();
@@ -306,6 +312,10 @@ impl Args {
 
     async fn run_cluster(&self, progress: &Progress) -> anyhow::Result<Report> {
         let started = Instant::now();
+        anyhow::ensure!(
+            self.check_scripts.is_empty(),
+            "`--check-script` runs in the direct profile only: run `kib conformance IMAGE --check-script FILE` without `--profile cluster`"
+        );
         let version = match &self.kubernetes_version {
             Some(v) => v.clone(),
             None => self

@@ -31,6 +31,39 @@ fn the_cluster_profile_needs_a_kubernetes_version() {
 }
 
 #[test]
+fn a_missing_check_script_fails_before_anything_boots() {
+    let image = kib_test_infra::repo_root().join("Cargo.toml");
+    let out = kib(&[
+        image.to_str().unwrap(),
+        "--check-script",
+        "/nonexistent/site-check.sh",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Failed to read the check script `/nonexistent/site-check.sh`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("==> VM up"), "no VM for a typo: {stderr}");
+}
+
+#[test]
+fn check_scripts_belong_to_the_direct_profile() {
+    let out = kib(&[
+        "--profile",
+        "cluster",
+        "--kubernetes-version",
+        "v1.37.1",
+        "--check-script",
+        "x.sh",
+        "registry.example/kib/node:v1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("direct profile only"), "{stderr}");
+}
+
+#[test]
 fn bad_timeout_is_a_usage_error() {
     let out = kib(&["--timeout", "soon", "x.qcow2"]);
     assert_eq!(out.status.code(), Some(2));

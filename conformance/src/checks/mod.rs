@@ -3,11 +3,13 @@
 mod agent;
 mod boot;
 mod kube;
+mod script;
 mod security;
 
 pub use agent::{GuestAgent, KUBEVIRT_REQUIRED_RPCS, Watchdog, WatchdogFires};
 pub use boot::{CloudInit, DiskResize, Generalized};
 pub use kube::{API_SERVER_PORT, Bootstrap, Images, NodeReady, Versions};
+pub use script::{ScriptCheck, ScriptReadError};
 pub use security::{Audit, Firewall};
 
 use crate::check::{Check, CheckResult};
@@ -16,7 +18,13 @@ use crate::context::{Context, ExecOutput, ShellError};
 /// Every check of the `direct` profile, in order. [`WatchdogFires`] comes last: it reboots the
 /// guest.
 pub fn direct_checks() -> Vec<Box<dyn Check>> {
-    vec![
+    direct_checks_with(Vec::new())
+}
+
+/// [`direct_checks`] with the user's scripts run after the built-in checks and before
+/// [`WatchdogFires`] (which reboots the guest).
+pub fn direct_checks_with(scripts: Vec<ScriptCheck>) -> Vec<Box<dyn Check>> {
+    let mut checks: Vec<Box<dyn Check>> = vec![
         Box::new(CloudInit),
         Box::new(DiskResize),
         Box::new(GuestAgent),
@@ -28,8 +36,10 @@ pub fn direct_checks() -> Vec<Box<dyn Check>> {
         Box::new(Images),
         Box::new(Bootstrap),
         Box::new(NodeReady),
-        Box::new(WatchdogFires),
-    ]
+    ];
+    checks.extend(scripts.into_iter().map(|s| Box::new(s) as Box<dyn Check>));
+    checks.push(Box::new(WatchdogFires));
+    checks
 }
 
 /// The skip reason of the kubeadm checks on a generic image.
