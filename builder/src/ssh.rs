@@ -167,6 +167,12 @@ pub struct SshOptions {
     /// Close the connection after this long without any traffic (a backstop; keepalive replies
     /// count as traffic).
     pub inactivity_timeout: Duration,
+    /// How long to wait for the server's first bytes (its SSH banner) after the TCP connect,
+    /// in [`wait_for_ssh`]. QEMU's user networking accepts the connection at once and then
+    /// retries its SYN to a guest that is not up yet with growing gaps: a fresh attempt gets
+    /// through sooner than waiting on that one. Grows by half after each miss, up to
+    /// `attempt_timeout`, so a slow but live sshd still gets in.
+    pub banner_timeout: Duration,
     /// First delay between attempts in [`wait_for_ssh`]; it grows by half each time.
     pub retry_initial: Duration,
     /// Largest delay between attempts in [`wait_for_ssh`].
@@ -182,8 +188,11 @@ impl Default for SshOptions {
             keepalive_interval: Duration::from_secs(15),
             keepalive_max: 4,
             inactivity_timeout: Duration::from_secs(300),
+            banner_timeout: Duration::from_secs(3),
             retry_initial: Duration::from_secs(1),
-            retry_max: Duration::from_secs(5),
+            // Short: a guest that refuses now may listen in a second, and noticing late is
+            // time every build pays (an attempt costs the guest one RST).
+            retry_max: Duration::from_secs(2),
             pinned_host_key: None,
         }
     }
@@ -280,6 +289,21 @@ pub enum SshError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The server sent nothing within [`SshOptions::banner_timeout`] of the TCP connect.
+    #[error("{addr} sent no SSH banner within {after:?}")]
+    NoBanner {
+        /// The address.
+        addr: SocketAddr,
+        /// The limit.
+        after: Duration,
+    },
+    /// The connection closed before the server sent anything (QEMU's user networking does
+    /// this when the guest refuses the port: sshd is not listening yet).
+    #[error("{addr} closed the connection before sending an SSH banner")]
+    ClosedBeforeBanner {
+        /// The address.
+        addr: SocketAddr,
     },
     /// One connection attempt took longer than [`SshOptions::attempt_timeout`].
     #[error("SSH handshake with {addr} did not finish within {after:?}")]
@@ -508,6 +532,19 @@ async fn connect_inner(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|source| SshError::Connect { addr, source })?;
+    // Wait for the banner without consuming it (russh reads it next).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(opts.banner_timeout, stream.peek(&mut first)).await {
+        Err(_) => {
+            return Err(SshError::NoBanner {
+                addr,
+                after: opts.banner_timeout,
+            });
+        }
+        Ok(Ok(0)) => return Err(SshError::ClosedBeforeBanner { addr }),
+        Ok(Ok(_)) => {}
+        Ok(Err(source)) => return Err(SshError::Connect { addr, source }),
+    }
     let seen = Arc::new(Mutex::new(None));
     let handler = PinningHandler {
         pinned: opts.pinned_host_key.clone(),
@@ -576,6 +613,7 @@ pub async fn wait_for_ssh(
     let mut delay = opts.retry_initial;
     let mut last_error: Option<String> = None;
     let mut attempts = 0u32;
+    let mut opts = opts.clone();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -583,12 +621,20 @@ pub async fn wait_for_ssh(
         }
         attempts += 1;
         let limit = opts.attempt_timeout.min(deadline - now);
-        match connect_within(addr, user, key, opts, limit).await {
+        match connect_within(addr, user, key, &opts, limit).await {
             Ok(session) => {
                 debug!(%addr, attempts, waited = ?start.elapsed(), "SSH is up");
                 return Ok(session);
             }
             Err(e @ SshError::HostKeyChanged { .. }) => return Err(e),
+            Err(e @ SshError::NoBanner { .. }) => {
+                // Either the SYN is still on its way to a guest that is not up (retry at
+                // once) or sshd is slow to answer (give it longer next time).
+                debug!(%addr, attempts, error = %error_chain(&e), "no banner yet");
+                last_error = Some(error_chain(&e));
+                opts.banner_timeout = (opts.banner_timeout * 3 / 2).min(opts.attempt_timeout);
+                continue;
+            }
             Err(e) => {
                 debug!(%addr, attempts, error = %error_chain(&e), "SSH not ready yet");
                 last_error = Some(error_chain(&e));

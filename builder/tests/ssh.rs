@@ -247,6 +247,40 @@ async fn per_attempt_timeout_bounds_a_silent_server() {
 }
 
 #[tokio::test]
+async fn wait_for_ssh_abandons_a_silent_connection_for_a_fresh_one() {
+    // QEMU's hostfwd accepts at once and then retries its SYN to a guest that is not up with
+    // growing gaps; a new connection gets through sooner. Count how often wait_for_ssh dials a
+    // listener that accepts and never speaks.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(sock);
+        }
+    });
+    let key = KeyPair::generate();
+    let opts = SshOptions {
+        banner_timeout: Duration::from_millis(400),
+        attempt_timeout: Duration::from_secs(30),
+        ..SshOptions::default()
+    };
+    let err = wait_for_ssh(addr, "nobody", &key, &opts, Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    server.abort();
+    assert!(matches!(err, SshError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    // 400 ms, 600 ms, 900 ms, ...: at least three fresh connections in 3 s, where a single
+    // 30 s attempt would have made one.
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 3, "only {n} connection(s)");
+}
+
+#[tokio::test]
 async fn exec_streams_lines_as_they_arrive_and_returns_exit_codes() {
     let key = KeyPair::generate();
     let sshd = Sshd::start(free_port(), &key);
