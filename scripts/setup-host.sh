@@ -54,6 +54,9 @@ if [ "$test_tools" = 1 ]; then
     nftables
     # a real sshd (and sudo) for the SSH client and provisioner tests (builder/tests/ssh.rs)
     openssh-server sudo
+    # bench/bench.py: the tools kib is measured against (Packer's qemu builder makes its
+    # cloud-init ISO with genisoimage), peak RSS (GNU time), the compression ceilings
+    packer genisoimage buildah time pigz zstd
   )
 fi
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"

@@ -33,3 +33,9 @@ echo "fixture ready in $(( $(date +%s) - start ))s" >&2
 step "cargo test (unit, integration, VM and registry tests)"
 # VM tests share two cores: one test at a time inside each test binary.
 cargo test --workspace --all-features -- --test-threads=1
+
+step "bench smoke run (tiny inputs, no VM: keeps bench/bench.py from rotting)"
+# target/debug/kib is the binary the tests above just built.
+smoke=$(mktemp -d)
+trap 'rm -rf "$smoke"' EXIT
+python3 bench/bench.py --smoke --kib target/debug/kib --out "$smoke/results.json" >/dev/null
