@@ -20,6 +20,11 @@ pub(crate) fn init(global: &GlobalArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: CI logs and `2> file` get plain text. NO_COLOR wins.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_target(global.verbose > 0)
         .without_time()
         .try_init();

@@ -6,4 +6,5 @@ mod common;
 mod conformance;
 mod publish;
 mod release;
+mod rocky;
 mod sign;

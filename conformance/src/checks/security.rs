@@ -31,7 +31,7 @@ async fn banner(addr: SocketAddr, limit: Duration) -> Option<String> {
 /// background (python3 is on every cloud image: cloud-init needs it).
 fn listener_script(port: u16) -> String {
     format!(
-        r#"cat > /run/kib-probe.py <<'PY'
+        r#"cat > /run/kib-probe-{port}.py <<'PY'
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -44,13 +44,54 @@ while True:
     finally:
         c.close()
 PY
-setsid python3 /run/kib-probe.py </dev/null >/dev/null 2>&1 &
+setsid python3 /run/kib-probe-{port}.py </dev/null >/dev/null 2>&1 &
 for i in $(seq 50); do python3 -c 'import socket; s=socket.create_connection(("127.0.0.1", {port}), 1); print(s.recv(64).decode().strip())' 2>/dev/null && exit 0; sleep 0.2; done
 exit 1"#
     )
 }
 
-/// 5. A listening port not on the firewall's list is unreachable from outside; 22 is reachable.
+/// Starts the probe listener on guest `port`, reads from the host whether it answers through
+/// the forward, and stops it. `Ok(None)` when the port is busy in the guest (nothing to probe).
+async fn probe_from_host(
+    ctx: &Context,
+    port: u16,
+    limit: Duration,
+) -> Result<Option<bool>, CheckResult> {
+    let Some(addr) = ctx.forwarded(port) else {
+        return Err(CheckResult::fail(format!(
+            "guest port {port} is not forwarded (runner bug)"
+        )));
+    };
+    let busy = run(
+        ctx,
+        &format!("ss -Hltn 'sport = :{port}' | grep -q LISTEN"),
+        true,
+    )
+    .await?;
+    if busy.success() {
+        return Ok(None);
+    }
+    let local = run(ctx, &listener_script(port), true).await?;
+    if !local.success() || !local.stdout.contains(PROBE_BANNER) {
+        return Err(CheckResult::fail(format!(
+            "could not start the probe listener on guest port {port} ({})",
+            local.describe()
+        )));
+    }
+    let outside = banner(addr, limit).await;
+    let _ = run(
+        ctx,
+        &format!("pkill -f /run/kib-probe-{port}.py; rm -f /run/kib-probe-{port}.py"),
+        true,
+    )
+    .await;
+    Ok(Some(
+        outside.as_deref().is_some_and(|b| b.contains(PROBE_BANNER)),
+    ))
+}
+
+/// Check 5: a listening port not on the firewall's list is unreachable from outside; 22 and
+/// the API server's 6443 (CAPK's and CAPI's way in) are reachable.
 pub struct Firewall;
 
 impl Check for Firewall {
@@ -58,33 +99,28 @@ impl Check for Firewall {
         "firewall"
     }
     fn title(&self) -> &'static str {
-        "unlisted listening port unreachable from the host, 22/tcp reachable"
+        "unlisted listening port unreachable from the host, 22/tcp and 6443/tcp reachable"
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
             let port = ctx.probe_port;
-            let Some(addr) = ctx.forwarded(port) else {
+            let Some(outside) = probe_from_host(ctx, port, Duration::from_secs(8)).await? else {
                 return Err(CheckResult::fail(format!(
-                    "guest port {port} is not forwarded (runner bug)"
+                    "guest port {port} is already in use: nothing to probe the firewall with"
                 )));
             };
-            let local = run(ctx, &listener_script(port), true).await?;
-            if !local.success() || !local.stdout.contains(PROBE_BANNER) {
-                return Err(CheckResult::fail(format!(
-                    "could not start the probe listener on guest port {port} ({})",
-                    local.describe()
-                )));
-            }
-            let outside = banner(addr, Duration::from_secs(8)).await;
-            let _ = run(
-                ctx,
-                "pkill -f /run/kib-probe.py; rm -f /run/kib-probe.py",
-                true,
-            )
-            .await;
+            // Before the bootstrap nothing listens on 6443: a stand-in listener shows whether
+            // the firewall lets the API server's port through.
+            let api = probe_from_host(ctx, super::API_SERVER_PORT, Duration::from_secs(15)).await?;
             let ssh = banner(ctx.vm_ssh_addr(), Duration::from_secs(15)).await;
             let mut problems = Vec::new();
-            if outside.as_deref().is_some_and(|b| b.contains(PROBE_BANNER)) {
+            if api == Some(false) {
+                problems.push(format!(
+                    "{}/tcp (the API server's port) is not reachable from outside",
+                    super::API_SERVER_PORT
+                ));
+            }
+            if outside {
                 let rules = run(
                     ctx,
                     "nft list ruleset 2>/dev/null | grep -c 'hook input' || true",
