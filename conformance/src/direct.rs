@@ -403,7 +403,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         Err(e) => {
             // The image did not boot this way (or CAPK's user never came): the boot check fails
             // with the console's last words, the others are skipped.
-            let tail = strip_ansi(&vm.serial_tail(8).join(" | "));
+            let tail = vm.serial_tail(8).join(" | ");
             let reason = format!(
                 "no SSH login as {CAPK_USER} with {} firmware: {}; console: {}",
                 firmware_name(opts.firmware),
@@ -515,27 +515,6 @@ const NO_BOOT_MARKERS: &[&str] = &[
     "UEFI Interactive Shell",
 ];
 
-/// `text` without ANSI escape sequences (firmware consoles draw with them).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// Resolves when the console shows that the firmware found nothing to boot (an image that
 /// boots only the other way); never resolves otherwise.
 async fn firmware_gave_up(vm: &QemuVm) -> String {
@@ -543,7 +522,7 @@ async fn firmware_gave_up(vm: &QemuVm) -> String {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let text = fs_err::read(vm.serial_log()).unwrap_or_default();
         // Firmware consoles colour and position their text with escape sequences.
-        let text = strip_ansi(&String::from_utf8_lossy(&text));
+        let text = kib_builder::vm::console_text(&String::from_utf8_lossy(&text));
         if let Some(m) = NO_BOOT_MARKERS.iter().find(|m| text.contains(**m)) {
             // Give the firmware a moment to print the rest of its message.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -568,17 +547,4 @@ pub async fn run_one(check: &dyn Check, ctx: &Context, reporter: &dyn Reporter) 
     let r = CheckReport::new(check.name(), check.title(), &result, t.elapsed());
     reporter.on_check(&r);
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ansi_is_stripped_from_console_lines() {
-        assert_eq!(
-            strip_ansi("\u{1b}[2J\u{1b}[01;01HBdsDxe: x \u{1b}[1m\u{1b}[33mShell> \u{1b}[0m"),
-            "BdsDxe: x Shell> "
-        );
-    }
 }

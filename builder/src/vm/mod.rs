@@ -251,7 +251,8 @@ pub trait Vm: Send {
     fn forwarded(&self, guest_port: u16) -> Option<SocketAddr>;
     /// The serial console log.
     fn serial_log(&self) -> &Path;
-    /// The last `lines` lines of the console (for error messages).
+    /// The last `lines` lines of the console (for error messages), as text: terminal escape
+    /// sequences and control characters removed (see [`console_text`]).
     fn serial_tail(&self, lines: usize) -> Vec<String>;
     /// True when the console has stayed empty for longer than the runner's silence limit: the
     /// guest is likely stuck before its kernel prints (the caller can suggest `--accel tcg`).
@@ -274,4 +275,75 @@ pub trait Vm: Send {
     fn kill(&mut self) -> impl Future<Output = ()> + Send;
     /// The VM's disk; complete once [`Vm::power_off`] returned `Ok`.
     fn disk(&self) -> &Path;
+}
+
+/// What a guest console printed, as plain text: terminal escape sequences (CSI such as colours
+/// and cursor moves, OSC, two-byte escapes) and control characters other than newline and tab
+/// removed. Firmware, GRUB and systemd draw with them; printed raw into an error message they
+/// would move the user's cursor, clear the screen, or retitle the terminal on the guest's say.
+pub fn console_text(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates up to a final byte in @..~
+                Some('[') => {
+                    for d in chars.by_ref() {
+                        if ('@'..='~').contains(&d) {
+                            break;
+                        }
+                    }
+                }
+                // OSC: up to BEL or ST (ESC \)
+                Some(']') => {
+                    while let Some(d) = chars.next() {
+                        if d == '\u{7}' || (d == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                            break;
+                        }
+                    }
+                }
+                // Charset designation and the like: ESC, an intermediate, one final byte.
+                Some(i) if "()*+-./#%".contains(i) => {
+                    chars.next();
+                }
+                // A two-byte escape: drop both.
+                _ => {}
+            },
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::console_text;
+
+    #[test]
+    fn firmware_and_grub_drawing_is_removed() {
+        assert_eq!(
+            console_text("\u{1b}[2J\u{1b}[01;01HBdsDxe: x \u{1b}[1m\u{1b}[33mShell> \u{1b}[0m"),
+            "BdsDxe: x Shell> "
+        );
+        // GRUB, as seen in a failing SSH-timeout report.
+        assert_eq!(
+            console_text("\u{1b}[H\u{1b}[J\u{1b}[1;1H  Booting `Debian 12'\r\n"),
+            "  Booting `Debian 12'\n"
+        );
+    }
+
+    #[test]
+    fn titles_bells_and_other_controls_are_removed() {
+        assert_eq!(
+            console_text("a\u{1b}]0;pwned\u{7}b\u{1b}]2;x\u{1b}\\c\u{1b}(Bd\u{8}\u{7}e\tf"),
+            "abcde\tf"
+        );
+        assert_eq!(
+            console_text("[  OK  ] Started ssh.service\n"),
+            "[  OK  ] Started ssh.service\n"
+        );
+    }
 }

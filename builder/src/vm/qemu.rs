@@ -511,11 +511,11 @@ impl Vm for QemuVm {
     }
 
     fn serial_tail(&self, lines: usize) -> Vec<String> {
-        let text = tail_of(&self.serial_log, 256 * 1024);
-        let all: Vec<&str> = text.lines().collect();
+        let text = super::console_text(&tail_of(&self.serial_log, 256 * 1024));
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         all[all.len().saturating_sub(lines)..]
             .iter()
-            .map(|l| l.trim_end_matches('\r').to_owned())
+            .map(|l| (*l).to_owned())
             .collect()
     }
 
