@@ -187,6 +187,9 @@ pub async fn export(
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
+        // Outputs are for sharing (a web server, another user's publish): 0644 less
+        // the umask, like any file, not tempfile's private 0600.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(out_dir)
         .map_err(|source| ExportError::Write {
             path: out_dir.to_owned(),
@@ -236,6 +239,9 @@ pub async fn export(
     let mut sidecar = tempfile::Builder::new()
         .prefix(&format!(".{file_name}.sha256."))
         .suffix(".partial")
+        // Outputs are for sharing (a web server, another user's publish): 0644 less
+        // the umask, like any file, not tempfile's private 0600.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(out_dir)
         .map_err(|source| ExportError::Write {
             path: out_dir.to_owned(),

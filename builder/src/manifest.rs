@@ -486,6 +486,9 @@ impl BuildManifest {
         let mut temp = tempfile::Builder::new()
             .prefix(".build-manifest.")
             .suffix(".partial")
+            // Outputs are for sharing (a web server, another user's publish): 0644 less
+            // the umask, like any file, not tempfile's private 0600.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(err)?;
         {

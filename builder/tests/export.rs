@@ -91,6 +91,12 @@ async fn zstd_qcow2_is_standalone_and_checksummed() {
         std::fs::metadata(&image.path).unwrap().len()
     );
     assert_eq!(image.compression, Compression::Zstd);
+    // Shareable like any file the user makes (0644 under the usual umask), not 0600.
+    for p in [&image.path, &image.checksum_path] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o644, 0o644 & !umask(), "{}: {mode:o}", p.display());
+    }
 
     let hex = sha256sum(&image.path);
     assert_eq!(image.sha256.hex(), hex);
@@ -279,4 +285,11 @@ async fn a_new_export_replaces_the_old_one() {
             .unwrap()
             .starts_with(second.sha256.hex())
     );
+}
+
+/// This process's umask, read from /proc (setting it to read it would race other tests).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
 }
