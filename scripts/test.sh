@@ -7,6 +7,18 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*" >&2; }
 
+work=$(mktemp -d)
+fixture_pid=
+# On an early failure, let a running fixture build finish rather than leave it half-done.
+trap '[ -n "$fixture_pid" ] && wait "$fixture_pid" 2>/dev/null; rm -rf "$work"' EXIT
+
+# The fixture base image is built (or found current) in the background while the lints and
+# the compiler run: on a fresh machine it is a minute or two of mostly downloading and
+# unpacking that need not wait for them.
+fixture_start=$(date +%s)
+bash tests/fixtures/base-image.sh >"$work/fixture.log" 2>&1 &
+fixture_pid=$!
+
 step "actionlint"
 actionlint .github/workflows/*.yml
 
@@ -25,10 +37,14 @@ if [ -d playbook/tests ]; then
   bash playbook/tests/render.sh
 fi
 
-step "fixture base image (cached)"
-start=$(date +%s)
-bash tests/fixtures/base-image.sh
-echo "fixture ready in $(( $(date +%s) - start ))s" >&2
+step "fixture base image (built in the background since the start)"
+if ! wait "$fixture_pid"; then
+  cat "$work/fixture.log" >&2
+  echo "test.sh: the fixture base image could not be built (log above)" >&2
+  exit 1
+fi
+tail -n 1 "$work/fixture.log" >&2
+echo "fixture ready $(( $(date +%s) - fixture_start ))s after the start" >&2
 
 step "cargo test (unit, integration, VM and registry tests)"
 # VM tests share two cores: one test at a time inside each test binary.
@@ -36,6 +52,4 @@ cargo test --workspace --all-features -- --test-threads=1
 
 step "bench smoke run (tiny inputs, no VM: keeps bench/bench.py from rotting)"
 # target/debug/kib is the binary the tests above just built.
-smoke=$(mktemp -d)
-trap 'rm -rf "$smoke"' EXIT
-python3 bench/bench.py --smoke --kib target/debug/kib --out "$smoke/results.json" >/dev/null
+python3 bench/bench.py --smoke --kib target/debug/kib --out "$work/results.json" >/dev/null
