@@ -84,9 +84,18 @@ fn direct_profile_on_the_raw_fixture_exits_1_with_a_report() {
         .unwrap();
     let json = dir.path().join("report.json");
     let junit = dir.path().join("report.xml");
+    // A site check that fails, and says why: its exit status and last lines are the reason.
+    let site = dir.path().join("site-check.sh");
+    fs_err::write(
+        &site,
+        "echo \"running as uid $(id -u)\"\necho 'kib-site-check: the agent is missing' >&2\nexit 3\n",
+    )
+    .unwrap();
     let t = std::time::Instant::now();
     let out = kib(&[
         image.to_str().unwrap(),
+        "--check-script",
+        site.to_str().unwrap(),
         "--accel",
         "tcg",
         "--timeout",
@@ -118,8 +127,23 @@ fn direct_profile_on_the_raw_fixture_exits_1_with_a_report() {
     for pass in ["boot", "cloud-init", "disk-resize", "guest-agent"] {
         assert_eq!(status(pass).as_deref(), Some("PASS"), "{pass}: {ctx}");
     }
-    for fail in ["firewall", "audit"] {
+    for fail in ["firewall", "audit", "script:site-check"] {
         assert_eq!(status(fail).as_deref(), Some("FAIL"), "{fail}: {ctx}");
+    }
+    let site_reason = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "script:site-check")
+        .and_then(|c| c["reason"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    for want in [
+        "exit 3",
+        "running as uid 0",
+        "kib-site-check: the agent is missing",
+    ] {
+        assert!(site_reason.contains(want), "{want}: {site_reason}\n{ctx}");
     }
     for skip in ["versions", "images", "kubeadm-bootstrap", "node-ready"] {
         assert_eq!(status(skip).as_deref(), Some("SKIP"), "{skip}: {ctx}");
