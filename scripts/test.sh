@@ -29,7 +29,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "shellcheck"
-shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run
+shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run vm/src/scripts/*.sh conformance/src/scripts/*.sh
 
 if [ -d playbook/tests ]; then
   step "playbook: ansible-lint, syntax-check, template rendering"

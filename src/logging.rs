@@ -3,17 +3,17 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cmd::GlobalArgs;
+use crate::cli::GlobalArgs;
 
 pub(crate) fn init(global: &GlobalArgs) {
     let default = match (global.quiet, global.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
         (false, 1) => {
-            "info,kib=debug,kib_builder=debug,kib_packager=debug,kib_signer=debug,kib_conformance=debug"
+            "info,kib=debug,kib_vm=debug,kib_manifest=debug,kib_builder=debug,kib_packager=debug,kib_signer=debug,kib_conformance=debug"
         }
         (false, _) => {
-            "debug,kib=trace,kib_builder=trace,kib_packager=trace,kib_signer=trace,kib_conformance=trace"
+            "debug,kib=trace,kib_vm=trace,kib_manifest=trace,kib_builder=trace,kib_packager=trace,kib_signer=trace,kib_conformance=trace"
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -1,11 +1,14 @@
 //! `kib`, the Kubernetes Image Builder command line.
 //!
-//! This crate is the CLI only: argument parsing (`cmd/`), progress drawing (`reporter.rs`)
-//! and the error renderer (`report.rs`). All the work happens in the library crates.
+//! This crate is the CLI only: argument parsing (`cli.rs`, `cmd/`, with the helpers several
+//! subcommands share in `common/`), progress drawing (`reporter.rs`) and the error renderer
+//! (`error_render.rs`). All the work happens in the library crates.
 
+mod cli;
 mod cmd;
+mod common;
+mod error_render;
 mod logging;
-mod report;
 mod reporter;
 
 use std::process::ExitCode;
@@ -21,13 +24,13 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            return report::render(
+            return error_render::render(
                 &anyhow::Error::new(err).context("Failed to start the async runtime"),
             );
         }
     };
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
-        Err(err) => report::render(&err),
+        Err(err) => error_render::render(&err),
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kib_builder::{Reporter, Stage};
 
-use crate::cmd::GlobalArgs;
+use crate::cli::GlobalArgs;
 
 /// Draws the builder's progress on stderr.
 pub(crate) struct TermReporter {

@@ -17,35 +17,16 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use kib_manifest::{Checksum, ChecksumParseError, sha256_file};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
-
-/// The length of a SHA-256 digest in hex digits.
-const SHA256_HEX_LEN: usize = 64;
 
 /// Errors from parsing checksums and CHECKSUM files.
 #[derive(Debug, thiserror::Error)]
 pub enum ChecksumError {
-    /// A checksum without the `sha256:` prefix.
-    #[error("Checksum `{input}` has no algorithm; write it as `sha256:HEX`")]
-    MissingAlgorithm {
-        /// What was given.
-        input: String,
-    },
-    /// A checksum with another algorithm than SHA-256.
-    #[error("Checksum algorithm `{algorithm}` is not supported; only `sha256` is")]
-    UnsupportedAlgorithm {
-        /// The algorithm that was given.
-        algorithm: String,
-    },
-    /// The hex digits are not a SHA-256 digest.
-    #[error("`{hex}` is not a SHA-256 digest (64 hex digits expected, got {len} characters)")]
-    BadHex {
-        /// The offending digits.
-        hex: String,
-        /// How many characters were given.
-        len: usize,
-    },
+    /// A `sha256:HEX` that is not one.
+    #[error(transparent)]
+    Parse(#[from] ChecksumParseError),
     /// A checksum source that is neither `sha256:HEX` nor `file:URL|PATH`.
     #[error("Checksum `{input}` is neither `sha256:HEX`, `file:URL` nor `file:PATH`")]
     BadSource {
@@ -69,7 +50,7 @@ pub enum ChecksumError {
         line: usize,
         /// Why the digest is bad.
         #[source]
-        source: Box<ChecksumError>,
+        source: ChecksumParseError,
     },
     /// The image is not listed in the CHECKSUM file.
     #[error(
@@ -100,96 +81,16 @@ impl ChecksumError {
     /// A suggestion for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ChecksumError::MissingAlgorithm { .. } | ChecksumError::BadSource { .. } => Some(
+            ChecksumError::Parse(e) => e.hint(),
+            ChecksumError::BadSource { .. } => Some(
                 "pass `--base-checksum sha256:HEX`, `file:https://…/CHECKSUM` or `file:PATH`".to_owned(),
             ),
-            ChecksumError::UnsupportedAlgorithm { .. } => {
-                Some("compute a SHA-256 with `sha256sum IMAGE` and pass `sha256:HEX`".to_owned())
-            }
             ChecksumError::NotListed { .. } => Some(
                 "the image name must match an entry exactly; check the image URL, or pass the checksum as `sha256:HEX`"
                     .to_owned(),
             ),
             _ => None,
         }
-    }
-}
-
-/// A SHA-256 digest, written `sha256:HEX` (lower-case hex).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Checksum {
-    hex: String,
-}
-
-impl Checksum {
-    /// A checksum from 64 hex digits (any case).
-    pub fn from_hex(hex: &str) -> Result<Self, ChecksumError> {
-        let hex = hex.trim();
-        if hex.len() != SHA256_HEX_LEN || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ChecksumError::BadHex {
-                hex: hex.to_owned(),
-                len: hex.chars().count(),
-            });
-        }
-        Ok(Checksum {
-            hex: hex.to_ascii_lowercase(),
-        })
-    }
-
-    /// A checksum from a finished SHA-256 digest.
-    pub fn from_digest(digest: &[u8]) -> Self {
-        Checksum {
-            hex: hex::encode(digest),
-        }
-    }
-
-    /// The digest as 64 lower-case hex digits.
-    pub fn hex(&self) -> &str {
-        &self.hex
-    }
-}
-
-impl fmt::Display for Checksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
-    }
-}
-
-impl fmt::Debug for Checksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Checksum(sha256:{})", self.hex)
-    }
-}
-
-impl FromStr for Checksum {
-    type Err = ChecksumError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let Some((algorithm, hex)) = s.split_once(':') else {
-            return Err(ChecksumError::MissingAlgorithm {
-                input: s.to_owned(),
-            });
-        };
-        if !algorithm.eq_ignore_ascii_case("sha256") {
-            return Err(ChecksumError::UnsupportedAlgorithm {
-                algorithm: algorithm.to_owned(),
-            });
-        }
-        Checksum::from_hex(hex)
-    }
-}
-
-impl Serialize for Checksum {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Checksum {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -242,11 +143,12 @@ impl FromStr for ChecksumSource {
             ))));
         }
         if s.contains(':') {
-            return s.parse().map(ChecksumSource::Value);
+            return Ok(ChecksumSource::Value(s.parse()?));
         }
-        Err(ChecksumError::MissingAlgorithm {
+        Err(ChecksumParseError::MissingAlgorithm {
             input: s.to_owned(),
-        })
+        }
+        .into())
     }
 }
 
@@ -362,7 +264,7 @@ fn parse_bsd_line(
     }
     let checksum = Checksum::from_hex(hex).map_err(|e| ChecksumError::BadLineDigest {
         line: number,
-        source: Box::new(e),
+        source: e,
     })?;
     Ok(Some(Some(ChecksumEntry {
         name: name.to_owned(),
@@ -392,7 +294,7 @@ fn parse_gnu_line(line: &str, number: usize) -> Result<ChecksumEntry, ChecksumEr
     }
     let checksum = Checksum::from_hex(hex).map_err(|e| ChecksumError::BadLineDigest {
         line: number,
-        source: Box::new(e),
+        source: e,
     })?;
     Ok(ChecksumEntry {
         name: name.to_owned(),
@@ -418,26 +320,6 @@ pub fn lookup(file_text: &str, image_file_name: &str) -> Result<Checksum, Checks
     })
 }
 
-/// The SHA-256 and length of a file, read in 1 MiB blocks (blocking; use `spawn_blocking` in
-/// async code).
-pub fn sha256_file(path: &std::path::Path) -> std::io::Result<(Checksum, u64)> {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((Checksum::from_digest(&hasher.finalize()), len))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,19 +343,19 @@ mod tests {
     fn checksum_errors() {
         assert!(matches!(
             A.parse::<Checksum>(),
-            Err(ChecksumError::MissingAlgorithm { .. })
+            Err(ChecksumParseError::MissingAlgorithm { .. })
         ));
         assert!(matches!(
             format!("md5:{A}").parse::<Checksum>(),
-            Err(ChecksumError::UnsupportedAlgorithm { .. })
+            Err(ChecksumParseError::UnsupportedAlgorithm { .. })
         ));
         let err = "sha256:abc".parse::<Checksum>().unwrap_err();
-        assert!(matches!(err, ChecksumError::BadHex { len: 3, .. }));
+        assert!(matches!(err, ChecksumParseError::BadHex { len: 3, .. }));
         assert!(err.to_string().contains("64 hex digits"), "{err}");
         let not_hex = format!("sha256:{}", "g".repeat(64));
         assert!(matches!(
             not_hex.parse::<Checksum>(),
-            Err(ChecksumError::BadHex { .. })
+            Err(ChecksumParseError::BadHex { .. })
         ));
     }
 
@@ -513,7 +395,9 @@ mod tests {
         ));
         assert!(matches!(
             A.parse::<ChecksumSource>(),
-            Err(ChecksumError::MissingAlgorithm { .. })
+            Err(ChecksumError::Parse(
+                ChecksumParseError::MissingAlgorithm { .. }
+            ))
         ));
     }
 

@@ -48,6 +48,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use kib_manifest::{Compression, ImageFormat};
+pub use kib_vm::{AccelRequest, Firmware};
+
 use crate::checksum::{ChecksumFile, ChecksumSource};
 use crate::provision::{AnsibleProvisioner, Provisioner};
 
@@ -182,6 +185,24 @@ pub enum ValueError {
     Empty,
 }
 
+impl From<kib_vm::UnknownChoice> for ValueError {
+    fn from(e: kib_vm::UnknownChoice) -> Self {
+        ValueError::Choice {
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
+impl From<kib_manifest::UnknownChoice> for ValueError {
+    fn from(e: kib_manifest::UnknownChoice) -> Self {
+        ValueError::Choice {
+            value: e.value,
+            expected: e.expected,
+        }
+    }
+}
+
 impl ValueError {
     /// A suggestion for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
@@ -234,18 +255,6 @@ macro_rules! choice_enum {
 }
 
 choice_enum!(
-    /// Which accelerator the build VM should use.
-    AccelMode, "`auto`, `kvm`, `tcg`", {
-    /// KVM when it works on this host, else TCG (with a warning).
-    #[default]
-    Auto => "auto",
-    /// KVM or fail.
-    Kvm => "kvm",
-    /// Software emulation, always.
-    Tcg => "tcg",
-});
-
-choice_enum!(
     /// The build VM's network.
     NetworkMode, "`outbound`, `isolated`", {
     /// QEMU user networking with outbound access (package downloads): what real builds need.
@@ -255,70 +264,12 @@ choice_enum!(
     Isolated => "isolated",
 });
 
-choice_enum!(
-    /// The build VM's firmware.
-    Firmware, "`bios`, `uefi`", {
-    /// SeaBIOS (KubeVirt's default).
-    #[default]
-    Bios => "bios",
-    /// OVMF.
-    Uefi => "uefi",
-});
-
-choice_enum!(
-    /// The output image format.
-    OutputFormat, "`qcow2`, `raw`", {
-    /// qcow2, compressed as [`Compression`] says.
-    #[default]
-    Qcow2 => "qcow2",
-    /// A raw disk (never compressed).
-    Raw => "raw",
-});
-
-choice_enum!(
-    /// Compression of qcow2 clusters.
-    Compression, "`zstd`, `zlib`, `none`", {
-    /// zstd: fast; needs QEMU >= 5.1 built with zstd to read (current KubeVirt and CDI are).
-    #[default]
-    Zstd => "zstd",
-    /// zlib: slow, readable by any QEMU.
-    Zlib => "zlib",
-    /// No compression.
-    None => "none",
-});
-
-impl From<AccelMode> for crate::vm::AccelRequest {
-    fn from(mode: AccelMode) -> Self {
-        match mode {
-            AccelMode::Auto => crate::vm::AccelRequest::Auto,
-            AccelMode::Kvm => crate::vm::AccelRequest::Kvm,
-            AccelMode::Tcg => crate::vm::AccelRequest::Tcg,
-        }
-    }
-}
-
-impl From<NetworkMode> for crate::vm::Network {
+impl From<NetworkMode> for kib_vm::Network {
     fn from(mode: NetworkMode) -> Self {
         match mode {
-            NetworkMode::Outbound => crate::vm::Network::Outbound,
-            NetworkMode::Isolated => crate::vm::Network::Isolated,
+            NetworkMode::Outbound => kib_vm::Network::Outbound,
+            NetworkMode::Isolated => kib_vm::Network::Isolated,
         }
-    }
-}
-
-impl From<Firmware> for crate::vm::Firmware {
-    fn from(firmware: Firmware) -> Self {
-        match firmware {
-            Firmware::Bios => crate::vm::Firmware::Bios,
-            Firmware::Uefi => crate::vm::Firmware::Uefi,
-        }
-    }
-}
-
-impl OutputFormat {
-    /// The file extension (`qcow2`, `raw`).
-    pub fn extension(self) -> &'static str {
-        self.as_str()
     }
 }
 
@@ -386,7 +337,7 @@ pub struct VmConfig {
     pub disk_size: u64,
     /// The accelerator.
     #[serde(default)]
-    pub accel: AccelMode,
+    pub accel: AccelRequest,
     /// The QEMU CPU model; `None` means `host` under KVM and `max` under TCG.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_model: Option<String>,
@@ -419,7 +370,7 @@ pub struct OutputConfig {
     pub name: String,
     /// The image format.
     #[serde(default)]
-    pub format: OutputFormat,
+    pub format: ImageFormat,
     /// The qcow2 compression (ignored for raw).
     #[serde(default)]
     pub compression: Compression,
@@ -493,7 +444,7 @@ impl Default for VmConfig {
             cpus: default_cpus(),
             memory_mib: default_memory_mib(),
             disk_size: default_disk_size(),
-            accel: AccelMode::default(),
+            accel: AccelRequest::default(),
             cpu_model: None,
             network: NetworkMode::default(),
             boot_timeout: default_boot_timeout(),
@@ -509,7 +460,7 @@ impl Default for OutputConfig {
         OutputConfig {
             dir: default_output_dir(),
             name: default_output_name(),
-            format: OutputFormat::default(),
+            format: ImageFormat::default(),
             compression: Compression::default(),
         }
     }
@@ -544,7 +495,7 @@ pub struct Overrides {
     /// `--disk-size 20G` (parsed by [`parse_size`]).
     pub disk_size: Option<u64>,
     /// `--accel auto|kvm|tcg`.
-    pub accel: Option<AccelMode>,
+    pub accel: Option<AccelRequest>,
     /// `--cpu-model MODEL`.
     pub cpu_model: Option<String>,
     /// `--network outbound|isolated`.
@@ -560,7 +511,7 @@ pub struct Overrides {
     /// `--output-name NAME`.
     pub output_name: Option<String>,
     /// `--format qcow2|raw`.
-    pub format: Option<OutputFormat>,
+    pub format: Option<ImageFormat>,
     /// `--compression zstd|zlib|none`.
     pub compression: Option<Compression>,
 }
@@ -904,6 +855,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     Ok(total)
 }
 
+/// [`parse_duration`], and a bare number of seconds (`900`) too: what command-line timeouts such
+/// as `kib conformance --timeout` accept (in `kib.toml` a bare number is refused as ambiguous).
+pub fn parse_duration_or_seconds(s: &str) -> Result<Duration, ValueError> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| ValueError::Duration {
+                value: s.to_owned(),
+            });
+    }
+    parse_duration(s)
+}
+
 /// Writes a duration as [`parse_duration`] reads it (`15m`, `1h30m`, `90s`).
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_millis() != 0 || d.as_secs() == 0 {
@@ -1025,7 +991,7 @@ mod tests {
         assert_eq!(c.vm.boot_timeout, Duration::from_secs(900));
         assert_eq!(
             (c.output.format, c.output.compression),
-            (OutputFormat::Qcow2, Compression::Zstd)
+            (ImageFormat::Qcow2, Compression::Zstd)
         );
         assert!(
             matches!(&c.provisioners[..], [Provisioner::Ansible(a)] if a.playbook == Path::new("playbook/site.yml"))
@@ -1077,12 +1043,12 @@ debug = true
         .unwrap();
         assert_eq!(c.kubernetes.version, "1.37.1");
         assert_eq!(c.vm.disk_size, 40 << 30);
-        assert_eq!(c.vm.accel, AccelMode::Tcg);
+        assert_eq!(c.vm.accel, AccelRequest::Tcg);
         assert_eq!(c.vm.network, NetworkMode::Isolated);
         assert_eq!(c.vm.firmware, Firmware::Uefi);
         assert_eq!(c.vm.boot_timeout, Duration::from_secs(5400));
         assert_eq!(c.vm.cpu_model.as_deref(), Some("Haswell-v1"));
-        assert_eq!(c.output.format, OutputFormat::Raw);
+        assert_eq!(c.output.format, ImageFormat::Raw);
         assert_eq!(c.provisioners.len(), 2);
         assert_eq!(c.vars["debug"], serde_json::json!(true));
         // Serialising and parsing again gives the same config.
@@ -1200,10 +1166,10 @@ debug = true
         c.apply(Overrides {
             cpus: Some(8),
             kubernetes_version: Some("1.36.4".into()),
-            accel: Some(AccelMode::Kvm),
+            accel: Some(AccelRequest::Kvm),
             disk_size: Some(parse_size("30G").unwrap()),
             output_dir: Some("/tmp/out".into()),
-            format: Some(OutputFormat::Qcow2),
+            format: Some(ImageFormat::Qcow2),
             compression: Some(Compression::Zlib),
             base_checksum: Some("file:sums/CHECKSUM".parse().unwrap()),
             ..Overrides::default()
@@ -1211,12 +1177,12 @@ debug = true
         .unwrap();
         assert_eq!(c.vm.cpus, 8);
         assert_eq!(c.kubernetes.version, "1.36.4");
-        assert_eq!(c.vm.accel, AccelMode::Kvm);
+        assert_eq!(c.vm.accel, AccelRequest::Kvm);
         assert_eq!(c.vm.disk_size, 30 << 30);
         assert_eq!(c.output.dir, Path::new("/tmp/out"));
         assert_eq!(
             (c.output.format, c.output.compression),
-            (OutputFormat::Qcow2, Compression::Zlib)
+            (ImageFormat::Qcow2, Compression::Zlib)
         );
         assert!(
             matches!(&c.base.checksum, Some(ChecksumSource::File(ChecksumFile::Path(p))) if p.is_absolute())
@@ -1290,6 +1256,17 @@ debug = true
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "15", "m", "15x", "1h-3m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration_or_seconds(" 90 ").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration_or_seconds("1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        for bad in ["", "soon", "99999999999999999999"] {
+            assert!(parse_duration_or_seconds(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 use crate::checksum::{Checksum, sha256_file};
-use crate::config::{Compression, OutputFormat};
+use crate::config::{Compression, ImageFormat};
 
 /// Errors from exporting the image.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +121,7 @@ pub struct ExportedImage {
     /// The file's length in bytes.
     pub file_size: u64,
     /// The format written.
-    pub format: OutputFormat,
+    pub format: ImageFormat,
     /// The compression used (`none` for raw, whatever was asked).
     pub compression: Compression,
 }
@@ -160,7 +160,7 @@ pub async fn export(
     disk: &Path,
     out_dir: &Path,
     name: &str,
-    format: OutputFormat,
+    format: ImageFormat,
     compression: Compression,
 ) -> Result<ExportedImage, ExportError> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -168,7 +168,7 @@ pub async fn export(
             name: name.to_owned(),
         });
     }
-    let compression = if format == OutputFormat::Raw {
+    let compression = if format == ImageFormat::Raw {
         Compression::None
     } else {
         compression

@@ -4,27 +4,23 @@
 //! The pieces, in the order a build uses them:
 //! - [`config`]: `kib.toml` and its overrides;
 //! - [`checksum`] and [`cache`]: the base image, verified and cached by checksum;
-//! - [`seed`]: cloud-init seeds (NoCloud for builds, ConfigDrive as CAPK delivers user data);
-//! - [`vm`]: the VM runner interface and its QEMU implementation, driven over [`qmp`];
-//! - [`ssh`]: the russh client (ephemeral keys, host key pinning, timeouts);
+//! - the VM layer (runner, QMP/QGA, seeds, SSH) is the `kib-vm` crate, shared with
+//!   `kib conformance`;
 //! - [`provision`]: the provisioners (ansible, shell, file);
-//! - [`export`] and [`manifest`]: the output qcow2, its checksum and `build-manifest.json`;
-//! - [`build`]: the pipeline that ties them together, reporting through [`Reporter`].
+//! - [`export`] and [`manifest`]: the output qcow2, its checksum and `build-manifest.json`
+//!   (assembled here; the data type is the leaf crate `kib-manifest`);
+//! - [`pipeline`]: the pipeline that ties them together, reporting through [`Reporter`].
 //!
 //! Nothing here prints: progress goes through [`Reporter`], failures are typed errors.
 
-pub mod build;
 pub mod cache;
 pub mod checksum;
 pub mod config;
 pub mod export;
 pub mod manifest;
+pub mod pipeline;
 pub mod provision;
-pub mod qmp;
 pub mod reporter;
-pub mod seed;
-pub mod ssh;
-pub mod vm;
 
-pub use build::{BuildError, BuildOutput, BuildRequest, OnError, build};
+pub use pipeline::{BuildError, BuildOutput, BuildRequest, OnError, build};
 pub use reporter::{NullReporter, Reporter, Stage};

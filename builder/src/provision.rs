@@ -26,11 +26,13 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tracing::{debug, info};
 
 use crate::reporter::Reporter;
-use crate::ssh::{ExitStatus, OutputTail, Session, SshError, Stream, Tail, UploadSource};
+use kib_vm::ssh::{
+    ExitStatus, LineSplitter, OutputTail, Session, SshError, Stream, Tail, UploadSource,
+};
 
 /// One provisioning step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -537,39 +539,34 @@ async fn run_ansible(
     })
 }
 
-/// Reads two pipes to their ends, passing each line (lossy UTF-8, `\r\n` trimmed) on as it
-/// arrives.
+/// Reads two pipes to their ends, passing each line (lossy UTF-8, `\r\n` trimmed; see
+/// [`LineSplitter`]) on as it arrives.
 async fn pump_lines(
     stdout: Option<impl AsyncRead + Unpin>,
     stderr: Option<impl AsyncRead + Unpin>,
     on_line: &mut (dyn FnMut(&str) + Send),
 ) -> std::io::Result<()> {
-    let mut out = stdout.map(BufReader::new);
-    let mut err = stderr.map(BufReader::new);
-    let mut out_buf = Vec::new();
-    let mut err_buf = Vec::new();
-    fn emit(buf: &mut Vec<u8>, on_line: &mut (dyn FnMut(&str) + Send)) {
-        let line = buf.strip_suffix(b"\n").unwrap_or(buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        on_line(&String::from_utf8_lossy(line));
-        buf.clear();
-    }
+    let (mut out, mut err) = (stdout, stderr);
+    let (mut out_lines, mut err_lines) = (LineSplitter::default(), LineSplitter::default());
+    let (mut out_buf, mut err_buf) = (vec![0u8; 8192], vec![0u8; 8192]);
     while out.is_some() || err.is_some() {
         tokio::select! {
-            r = async { out.as_mut().unwrap_or_else(|| unreachable!()).read_until(b'\n', &mut out_buf).await }, if out.is_some() => {
-                if r? == 0 {
-                    out = None;
-                    if !out_buf.is_empty() { emit(&mut out_buf, on_line); }
-                } else if out_buf.ends_with(b"\n") {
-                    emit(&mut out_buf, on_line);
+            r = async { out.as_mut().unwrap_or_else(|| unreachable!()).read(&mut out_buf).await }, if out.is_some() => {
+                match r? {
+                    0 => {
+                        out = None;
+                        out_lines.finish(|l| on_line(l));
+                    }
+                    n => out_lines.push(&out_buf[..n], |l| on_line(l)),
                 }
             }
-            r = async { err.as_mut().unwrap_or_else(|| unreachable!()).read_until(b'\n', &mut err_buf).await }, if err.is_some() => {
-                if r? == 0 {
-                    err = None;
-                    if !err_buf.is_empty() { emit(&mut err_buf, on_line); }
-                } else if err_buf.ends_with(b"\n") {
-                    emit(&mut err_buf, on_line);
+            r = async { err.as_mut().unwrap_or_else(|| unreachable!()).read(&mut err_buf).await }, if err.is_some() => {
+                match r? {
+                    0 => {
+                        err = None;
+                        err_lines.finish(|l| on_line(l));
+                    }
+                    n => err_lines.push(&err_buf[..n], |l| on_line(l)),
                 }
             }
         }

@@ -1,48 +1,7 @@
 //! How the builder reports progress. The `kib` binary implements [`Reporter`] with progress
 //! bars; tests use [`NullReporter`] or a recording one.
 
-use std::fmt;
-
-/// A stage of a build, in pipeline order. Each gets one tracing span and one duration in the
-/// build manifest.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    /// Download (or find in the cache) and verify the base image.
-    Fetch,
-    /// Create the overlay disk and the cloud-init seed.
-    Prepare,
-    /// Start the VM and wait until SSH answers.
-    Boot,
-    /// Run the provisioners.
-    Provision,
-    /// Trim, power the VM off and wait for QEMU to exit.
-    Shutdown,
-    /// Convert the disk into the standalone output image.
-    Export,
-}
-
-impl Stage {
-    /// The stage's name as shown to people and written in the manifest.
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Fetch => "fetch",
-            Stage::Prepare => "prepare",
-            Stage::Boot => "boot",
-            Stage::Provision => "provision",
-            Stage::Shutdown => "shutdown",
-            Stage::Export => "export",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use kib_manifest::Stage;
 
 /// Receives progress from a build. Every method has an empty default.
 pub trait Reporter: Send + Sync {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kib_builder::config::{Compression, OutputFormat};
+use kib_builder::config::{Compression, ImageFormat};
 use kib_builder::export::{ExportError, export};
 use kib_test_infra::tools::{files_in, run_tool, sha256sum};
 
@@ -67,7 +67,7 @@ async fn zstd_qcow2_is_standalone_and_checksummed() {
         &overlay,
         &out,
         "node",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::Zstd,
     )
     .await
@@ -142,7 +142,7 @@ async fn zlib_and_uncompressed_qcow2() {
         &overlay,
         &out,
         "zlib",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::Zlib,
     )
     .await
@@ -156,7 +156,7 @@ async fn zlib_and_uncompressed_qcow2() {
         &overlay,
         &out,
         "plain",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::None,
     )
     .await
@@ -174,7 +174,7 @@ async fn raw_output() {
     let dir = tempfile::tempdir().unwrap();
     let overlay = disk(dir.path());
     let out = dir.path().join("out");
-    let image = export(&overlay, &out, "node", OutputFormat::Raw, Compression::Zstd)
+    let image = export(&overlay, &out, "node", ImageFormat::Raw, Compression::Zstd)
         .await
         .unwrap();
     assert_eq!(image.path, out.join("node.raw"));
@@ -200,7 +200,7 @@ async fn failures_leave_nothing_under_the_final_name() {
         &dir.path().join("missing.qcow2"),
         &out,
         "node",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::Zstd,
     )
     .await
@@ -224,7 +224,7 @@ async fn failures_leave_nothing_under_the_final_name() {
         &overlay,
         &out,
         "node",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::Zstd,
     )
     .await
@@ -243,7 +243,7 @@ async fn failures_leave_nothing_under_the_final_name() {
         &overlay,
         &out,
         "../escape",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::Zstd,
     )
     .await
@@ -260,7 +260,7 @@ async fn a_new_export_replaces_the_old_one() {
         &overlay,
         &out,
         "node",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::None,
     )
     .await
@@ -273,7 +273,7 @@ async fn a_new_export_replaces_the_old_one() {
         &overlay,
         &out,
         "node",
-        OutputFormat::Qcow2,
+        ImageFormat::Qcow2,
         Compression::None,
     )
     .await

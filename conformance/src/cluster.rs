@@ -12,10 +12,14 @@
 //! KubeVirt to TCG when it is missing).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use kib_vm::Firmware;
 use serde_json::{Value, json};
 
+use crate::check::CheckResult;
+use crate::direct::Reporter;
+use crate::report::{CheckReport, Report};
 use crate::userdata::CRI_SOCKET;
 
 /// Pinned versions (checked together in `docs/reference`, §10.1 of the domain notes).
@@ -52,16 +56,6 @@ impl Default for Versions {
     }
 }
 
-/// The firmware of the workload VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VmFirmware {
-    /// BIOS (KubeVirt's default; no `firmware` stanza).
-    #[default]
-    Bios,
-    /// EFI without secure boot.
-    Uefi,
-}
-
 /// What the cluster profile creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterSpec {
@@ -80,7 +74,7 @@ pub struct ClusterSpec {
     /// Registries CDI may pull from over plain HTTP / without TLS verification.
     pub insecure_registries: Vec<String>,
     /// Firmware of the node VMs.
-    pub firmware: VmFirmware,
+    pub firmware: Firmware,
     /// Pinned versions.
     pub versions: Versions,
     /// Where the run keeps the workload kubeconfig and the API port-forward's pid and log.
@@ -103,7 +97,7 @@ impl ClusterSpec {
             disk_size: "20Gi".to_owned(),
             use_emulation: !std::path::Path::new("/dev/kvm").exists(),
             insecure_registries: Vec::new(),
-            firmware: VmFirmware::Bios,
+            firmware: Firmware::Bios,
             versions: Versions::default(),
             work_dir: std::env::temp_dir().join("kib-conformance-cluster"),
         }
@@ -178,7 +172,7 @@ fn machine_template(spec: &ClusterSpec, name: &str) -> Value {
             "watchdog": {"name": "watchdog", "i6300esb": {"action": "reset"}},
         },
     });
-    if spec.firmware == VmFirmware::Uefi {
+    if spec.firmware == Firmware::Uefi {
         domain["firmware"] = json!({"bootloader": {"efi": {"secureBoot": false}}});
     }
     json!({
@@ -617,33 +611,15 @@ pub fn calico_manifest_url(spec: &ClusterSpec) -> String {
 }
 
 /// `$1` work dir, `$2` cluster name and namespace, `$3` kubeconfig path.
-const GET_KUBECONFIG: &str = r#"set -eu
-mkdir -p "$1"
-clusterctl get kubeconfig "$2" -n "$2" > "$3.tmp"
-mv "$3.tmp" "$3""#;
+const GET_KUBECONFIG: &str = include_str!("scripts/get-kubeconfig.sh");
 
 /// `$1` namespace, `$2` local port, `$3` pid file, `$4` log, `$5` workload kubeconfig. The
 /// forward runs in the background with its output in a file (run_step waits for its pipes to
 /// close) and is ready when the API server answers `/readyz` through it.
-const PORT_FORWARD: &str = r#"set -eu
-if [ -f "$3" ]; then kill "$(cat "$3")" 2>/dev/null || true; rm -f "$3"; fi
-vm=$(kubectl -n "$1" get machines -l cluster.x-k8s.io/control-plane -o jsonpath='{.items[0].spec.infrastructureRef.name}')
-[ -n "$vm" ] || { echo "no control-plane machine in namespace $1" >&2; exit 1; }
-virtctl port-forward -n "$1" --address 127.0.0.1 "vm/$vm" "$2:6443" </dev/null >"$4" 2>&1 &
-echo $! > "$3"
-for _ in $(seq 60); do
-  if kubectl --kubeconfig "$5" --server "https://127.0.0.1:$2" --insecure-skip-tls-verify get --raw /readyz >/dev/null 2>&1; then exit 0; fi
-  kill -0 "$(cat "$3")" 2>/dev/null || break
-  sleep 2
-done
-echo "the workload API server did not answer on 127.0.0.1:$2 through vm/$vm" >&2
-tail -n 8 "$4" >&2
-exit 1"#;
+const PORT_FORWARD: &str = include_str!("scripts/port-forward.sh");
 
 /// `$1` manifest URL, `$2` sed program, `$3` workload kubeconfig, `$4` forwarded port.
-const INSTALL_CNI: &str = r#"set -euo pipefail
-curl -fsSL --retry 3 "$1" | sed -E "$2" |
-  kubectl --kubeconfig "$3" --server "https://127.0.0.1:$4" --insecure-skip-tls-verify apply -f -"#;
+const INSTALL_CNI: &str = include_str!("scripts/install-cni.sh");
 
 /// The Cluster API book's Calico edits for a KubeVirt tenant: the pod CIDR of
 /// [`cluster_template`], VXLAN instead of IP-in-IP, Felix's VXLAN on port 6789 (the infra
@@ -678,8 +654,7 @@ pub fn teardown(spec: &ClusterSpec, kubeconfig: Option<&str>, keep: bool) -> Vec
 }
 
 /// `$1` pid file.
-const STOP_PORT_FORWARD: &str =
-    r#"if [ -f "$1" ]; then kill "$(cat "$1")" 2>/dev/null || true; rm -f "$1"; fi"#;
+const STOP_PORT_FORWARD: &str = include_str!("scripts/stop-port-forward.sh");
 
 /// Errors of a cluster run.
 #[derive(Debug, thiserror::Error)]
@@ -785,6 +760,66 @@ pub async fn run_step(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs the cluster profile: every step of [`plan`] in order, each reported as a check (after
+/// a failure the rest are SKIPped), then the [`teardown`] steps whether or not a step failed
+/// (the API port-forward is stopped and the kind cluster kib created is deleted; nothing with
+/// `keep`). `image` is the reference as the user gave it (the report's title); `timeout`
+/// bounds the steps together.
+pub async fn run(
+    image: &str,
+    spec: &ClusterSpec,
+    kubeconfig: Option<&PathBuf>,
+    keep: bool,
+    timeout: Duration,
+    reporter: &dyn Reporter,
+) -> Report {
+    let started = Instant::now();
+    let kubeconfig_arg = kubeconfig.map(|p| p.display().to_string());
+    let steps = plan(spec, kubeconfig_arg.as_deref());
+    let mut results = Vec::new();
+    let mut failed = false;
+    for step in &steps {
+        if failed {
+            results.push(CheckReport::new(
+                &step.what,
+                &step.what,
+                &CheckResult::Skip("an earlier step failed".into()),
+                Duration::ZERO,
+            ));
+            continue;
+        }
+        reporter.on_phase(&step.what);
+        let t = Instant::now();
+        let left = timeout.saturating_sub(started.elapsed());
+        let r = match run_step(step, kubeconfig, left).await {
+            Ok(_) => CheckResult::Pass,
+            Err(e) => {
+                failed = true;
+                let hint = e
+                    .hint()
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default();
+                CheckResult::fail(format!("{}{hint}", kib_vm::error_chain(&e)))
+            }
+        };
+        let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
+        reporter.on_check(&rep);
+        results.push(rep);
+    }
+    for step in teardown(spec, kubeconfig_arg.as_deref(), keep) {
+        reporter.on_phase(&step.what);
+        let _ = run_step(&step, kubeconfig, Duration::from_secs(300)).await;
+    }
+    Report::new(
+        image,
+        "cluster",
+        spec.firmware.as_str(),
+        if spec.use_emulation { "tcg" } else { "kvm" },
+        results,
+        started.elapsed(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,7 +912,7 @@ mod tests {
     #[test]
     fn uefi_sets_efi_without_secure_boot() {
         let mut s = spec();
-        s.firmware = VmFirmware::Uefi;
+        s.firmware = Firmware::Uefi;
         let d = docs(&cluster_template(&s));
         let t = d
             .iter()

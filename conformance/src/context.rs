@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kib_builder::qmp::QgaClient;
-use kib_builder::vm::{Firmware, QemuVm, Vm, VmError};
+use kib_vm::qmp::QgaClient;
+use kib_vm::{Firmware, QemuVm, Vm, VmError};
 
-use crate::manifest::Expected;
+use crate::manifest::ImageExpectations;
 
 /// The output of a command run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -98,7 +98,7 @@ pub struct Context {
     /// Every public key the test authorised (the test's own and `--authorized-key`s).
     pub authorized_keys: Vec<String>,
     /// The build manifest, if there is one.
-    pub expected: Option<Expected>,
+    pub expected: Option<ImageExpectations>,
     /// Whether `kubeadm` is on the guest's PATH (probed once after boot).
     pub has_kubeadm: bool,
     /// The guest port the firewall check listens on (forwarded to the host).
@@ -157,10 +157,8 @@ impl Context {
     }
 }
 
-/// Quotes `s` as one POSIX shell word.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+/// Quotes `s` as one POSIX shell word (the SSH client's quoting).
+pub use kib_vm::ssh::shell_quote;
 
 #[cfg(test)]
 mod tests {
@@ -175,6 +173,42 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
+    }
+
+    /// A stand-in shell (labelled as such: no guest behind it) that answers from a script; it
+    /// proves [`Shell`] is object-safe, so checks can be tested against scripted guests.
+    struct ScriptedShell(Vec<(&'static str, ExecOutput)>);
+
+    impl Shell for ScriptedShell {
+        fn exec<'a>(&'a self, command: &'a str) -> BoxFuture<'a, Result<ExecOutput, ShellError>> {
+            Box::pin(async move {
+                self.0
+                    .iter()
+                    .find(|(c, _)| *c == command)
+                    .map(|(_, o)| o.clone())
+                    .ok_or_else(|| ShellError::Exec {
+                        command: command.to_owned(),
+                        source: "not in the script".into(),
+                    })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scripted_shell_fits_behind_dyn_shell() {
+        let shell: Box<dyn Shell> = Box::new(ScriptedShell(vec![(
+            "uname -s",
+            ExecOutput {
+                status: Some(0),
+                stdout: "Linux\n".into(),
+                stderr: String::new(),
+            },
+        )]));
+        let out = shell.exec("uname -s").await.unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout.trim(), "Linux");
+        let err = shell.exec("reboot").await.unwrap_err();
+        assert!(err.to_string().contains("`reboot`"), "{err}");
     }
 
     #[test]

@@ -8,15 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kib_builder::manifest::ManifestReadError;
-use kib_builder::seed::{ConfigDrive, Seed};
-use kib_builder::vm::{AccelRequest, Firmware, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
+use kib_manifest::ManifestReadError;
+use kib_vm::seed::{ConfigDrive, Seed};
+use kib_vm::{AccelRequest, Firmware, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
 
 use crate::check::{Check, CheckResult};
 use crate::checks::{self, chain};
 use crate::context::Context;
 use crate::image::{ImageError, ImageSource};
-use crate::manifest::Expected;
+use crate::manifest::ImageExpectations;
 use crate::report::{CheckReport, Report};
 use crate::ssh_shell::{self, GuestKey};
 use crate::userdata::{self, CAPK_USER, UserDataSpec};
@@ -279,13 +279,6 @@ pub async fn create_overlay(
     .map(drop)
 }
 
-fn firmware_name(f: Firmware) -> &'static str {
-    match f {
-        Firmware::Bios => "bios",
-        Firmware::Uefi => "uefi",
-    }
-}
-
 /// Runs the `direct` profile. Check failures are in the report; `Err` means no report could be
 /// made (bad image, no QEMU, timeout).
 pub async fn run(opts: DirectOptions, reporter: &dyn Reporter) -> Result<DirectRun, DirectError> {
@@ -329,7 +322,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
             source,
         })?;
     let expected =
-        Expected::find(opts.manifest.as_deref(), &disk).map_err(DirectError::Manifest)?;
+        ImageExpectations::find(opts.manifest.as_deref(), &disk).map_err(DirectError::Manifest)?;
     let (image_size, format) = image_info(&disk).await?;
     let disk_size = (image_size + opts.grow_by).div_ceil(1 << 20) << 20;
     let overlay = work.join("overlay.qcow2");
@@ -377,10 +370,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
     spec.watchdog = true;
     spec.guest_agent = true;
     spec.forward_ports = vec![checks::API_SERVER_PORT, PROBE_PORT];
-    reporter.on_phase(&format!(
-        "booting with {} firmware",
-        firmware_name(opts.firmware)
-    ));
+    reporter.on_phase(&format!("booting with {} firmware", opts.firmware.as_str()));
     let vm = opts.runner.start(spec).await.map_err(DirectError::Start)?;
     let accel = vm.accel().to_string();
     reporter.on_phase(&format!(
@@ -406,7 +396,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
             let tail = vm.serial_tail(8).join(" | ");
             let reason = format!(
                 "no SSH login as {CAPK_USER} with {} firmware: {}; console: {}",
-                firmware_name(opts.firmware),
+                opts.firmware.as_str(),
                 e,
                 if tail.trim().is_empty() {
                     "(empty: the firmware found nothing to boot?)".to_owned()
@@ -434,7 +424,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
             let report = Report::new(
                 &opts.image,
                 "direct",
-                firmware_name(opts.firmware),
+                opts.firmware.as_str(),
                 accel,
                 results,
                 started.elapsed(),
@@ -477,7 +467,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
     let report = Report::new(
         &opts.image,
         "direct",
-        firmware_name(opts.firmware),
+        opts.firmware.as_str(),
         accel,
         results,
         started.elapsed(),
@@ -522,7 +512,7 @@ async fn firmware_gave_up(vm: &QemuVm) -> String {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let text = fs_err::read(vm.serial_log()).unwrap_or_default();
         // Firmware consoles colour and position their text with escape sequences.
-        let text = kib_builder::vm::console_text(&String::from_utf8_lossy(&text));
+        let text = kib_vm::console_text(&String::from_utf8_lossy(&text));
         if let Some(m) = NO_BOOT_MARKERS.iter().find(|m| text.contains(**m)) {
             // Give the firmware a moment to print the rest of its message.
             tokio::time::sleep(Duration::from_secs(2)).await;

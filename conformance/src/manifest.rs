@@ -1,15 +1,15 @@
 //! What the checks expect of an image, from the builder's `build-manifest.json` (read with
-//! [`kib_builder::manifest::read`], the one reader of that file): the versions of the
+//! [`kib_manifest::read`], the one reader of that file): the versions of the
 //! Kubernetes tools and the pre-pulled images; and how a tool's `--version` output is compared
 //! with them ([`version_in`], [`same_version`]).
 
 use std::path::{Path, PathBuf};
 
-use kib_builder::manifest::{self, BuildManifest, MANIFEST_FILE, ManifestReadError};
+use kib_manifest::{BuildManifest, ManifestReadError};
 
 /// The expected versions and images.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Expected {
+pub struct ImageExpectations {
     /// The manifest file.
     pub path: PathBuf,
     /// Kubernetes (kubeadm, kubelet, kubectl) as installed, e.g. `1.37.1`
@@ -23,7 +23,7 @@ pub struct Expected {
     pub images: Vec<String>,
 }
 
-impl Expected {
+impl ImageExpectations {
     /// What `manifest` (read from `path`) says the image holds.
     pub fn from_manifest(path: &Path, manifest: &BuildManifest) -> Self {
         let owned = |v: Option<&str>| v.map(str::to_owned);
@@ -44,7 +44,7 @@ impl Expected {
 
     /// Reads `path`.
     pub fn read(path: &Path) -> Result<Self, ManifestReadError> {
-        manifest::read(path).map(|m| Self::from_manifest(path, &m))
+        kib_manifest::read(path).map(|m| Self::from_manifest(path, &m))
     }
 
     /// `--manifest` if given, else `build-manifest.json` next to `image` if it exists.
@@ -52,12 +52,9 @@ impl Expected {
         if let Some(p) = explicit {
             return Self::read(p).map(Some);
         }
-        let next_to = image.parent().unwrap_or(Path::new(".")).join(MANIFEST_FILE);
-        if next_to.is_file() {
-            Self::read(&next_to).map(Some)
-        } else {
-            Ok(None)
-        }
+        kib_manifest::beside(image)
+            .map(|p| Self::read(&p))
+            .transpose()
     }
 }
 
@@ -92,6 +89,7 @@ pub fn same_version(want: &str, got: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kib_manifest::MANIFEST_FILE;
 
     /// A manifest as `kib build` writes it (only the fields that matter here, plus the
     /// required ones), with `versions.json` as the playbook's collect step writes it.
@@ -119,7 +117,7 @@ mod tests {
     #[test]
     fn expects_what_the_builder_recorded() {
         let m: BuildManifest = serde_json::from_value(manifest_json(Some("1.37.1"))).unwrap();
-        let e = Expected::from_manifest(Path::new("m.json"), &m);
+        let e = ImageExpectations::from_manifest(Path::new("m.json"), &m);
         assert_eq!(e.path, Path::new("m.json"));
         assert_eq!(e.kubernetes.as_deref(), Some("1.37.1"));
         assert_eq!(e.containerd.as_deref(), Some("2.1.4"));
@@ -135,26 +133,29 @@ mod tests {
         // Without the installed version there is nothing to compare the tools with: the
         // requested `1.37` is not it.
         let m: BuildManifest = serde_json::from_value(manifest_json(None)).unwrap();
-        assert_eq!(Expected::from_manifest(Path::new("m"), &m).kubernetes, None);
+        assert_eq!(
+            ImageExpectations::from_manifest(Path::new("m"), &m).kubernetes,
+            None
+        );
     }
 
     #[test]
     fn finds_the_manifest_next_to_the_image() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("node.qcow2");
-        assert_eq!(Expected::find(None, &img).unwrap(), None);
+        assert_eq!(ImageExpectations::find(None, &img).unwrap(), None);
         let beside = dir.path().join(MANIFEST_FILE);
         fs_err::write(&beside, manifest_json(Some("1.37.1")).to_string()).unwrap();
-        let e = Expected::find(None, &img).unwrap().unwrap();
+        let e = ImageExpectations::find(None, &img).unwrap().unwrap();
         assert_eq!(e.kubernetes.as_deref(), Some("1.37.1"));
         assert_eq!(e.path, beside);
         fs_err::write(dir.path().join("bad.json"), "{").unwrap();
         assert!(matches!(
-            Expected::find(Some(&dir.path().join("bad.json")), &img),
+            ImageExpectations::find(Some(&dir.path().join("bad.json")), &img),
             Err(ManifestReadError::Parse { .. })
         ));
         assert!(matches!(
-            Expected::find(Some(&dir.path().join("missing.json")), &img),
+            ImageExpectations::find(Some(&dir.path().join("missing.json")), &img),
             Err(ManifestReadError::Read { .. })
         ));
     }

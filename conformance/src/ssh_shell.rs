@@ -1,5 +1,5 @@
 //! The guest shell over SSH as the `capk` user: the builder's russh client
-//! ([`kib_builder::ssh`]) behind the [`Shell`] trait the checks use.
+//! ([`kib_vm::ssh`]) behind the [`Shell`] trait the checks use.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kib_builder::ssh::{KeyPair, Session, SshError, SshOptions, Stream, wait_for_ssh};
+use kib_vm::ssh::{KeyPair, Session, SshError, SshOptions, Stream, wait_for_ssh};
 
 use crate::context::{ExecOutput, Shell, ShellError};
 

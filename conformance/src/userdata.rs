@@ -142,7 +142,7 @@ pub fn render(spec: &UserDataSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kib_builder::seed::{ConfigDrive, Seed};
+    use kib_vm::seed::{ConfigDrive, Seed};
     use std::io::Read;
 
     fn spec() -> UserDataSpec {

@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use kib_builder::vm::{AccelRequest, Firmware};
 use kib_conformance::Status;
 use kib_conformance::direct::{self, DirectOptions, NullReporter};
+use kib_vm::{AccelRequest, Firmware};
 
 fn fixture() -> std::path::PathBuf {
     kib_test_infra::fixture_image()

@@ -1,7 +1,6 @@
 //! What the image records about the build: versions, the base image checksum and the build
-//! time. The packager does not read `build-manifest.json` itself (it does not depend on
-//! kib-builder): the caller reads it with kib-builder's `manifest::read` and fills a
-//! [`BuildInfo`] from it.
+//! time, filled from `build-manifest.json` (the leaf crate `kib-manifest`, not the builder)
+//! by [`crate::inputs::build_info_of`].
 
 /// The facts about a build that go into the image's labels and its fixed timestamps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

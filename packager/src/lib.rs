@@ -10,8 +10,10 @@
 //! - [`registry`]: registry clients and credentials (shared with the signer);
 //! - [`push`]: `kib publish`, the streaming push with HEAD checks, retries and tags;
 //! - [`tags`]: the tag scheme (git tag, Kubernetes version, short sha);
-//! - [`build_info`]: what the image records about the build (filled by the caller from
-//!   the build manifest) and the fixed build time.
+//! - [`inputs`]: the user's inputs (qcow2, build manifest, labels, tag templates) resolved
+//!   into the layer, metadata and tags `kib package` and `kib publish` use;
+//! - [`build_info`]: what the image records about the build (from the build manifest) and
+//!   the fixed build time.
 //!
 //! Nothing here prints: progress goes through [`Reporter`], failures are typed errors.
 //!
@@ -26,6 +28,7 @@
 
 pub mod build_info;
 pub mod image;
+pub mod inputs;
 pub mod layer;
 pub mod layout;
 pub mod push;

@@ -7,15 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kib_builder::build::{BuildRequest, OnError};
 use kib_builder::checksum::ChecksumSource;
 use kib_builder::config::{
-    AccelMode, Compression, Config, Firmware, NetworkMode, OutputFormat as ImageFormat, Overrides,
+    AccelRequest, Compression, Config, Firmware, ImageFormat, NetworkMode, Overrides,
     parse_duration, parse_size, parse_var,
 };
-use kib_builder::vm::QemuRunner;
+use kib_builder::pipeline::{BuildRequest, OnError};
+use kib_vm::QemuRunner;
 
-use super::{GlobalArgs, OutputFormat};
+use crate::cli::{GlobalArgs, OutputFormat};
 use crate::reporter::TermReporter;
 
 const AFTER_HELP: &str = "\
@@ -80,7 +80,7 @@ pub(crate) struct Args {
     disk_size: Option<u64>,
     /// Accelerator: `auto` picks KVM where it can boot a guest, else TCG (slow, with a warning).
     #[arg(long, value_name = "auto|kvm|tcg", help_heading = "Build VM")]
-    accel: Option<AccelMode>,
+    accel: Option<AccelRequest>,
     /// QEMU CPU model. Default: `host` under KVM, `max` under TCG (Rocky 10 needs x86-64-v3).
     #[arg(long, value_name = "MODEL", help_heading = "Build VM")]
     cpu_model: Option<String>,
@@ -136,36 +136,6 @@ fn parse_on_error(s: &str) -> Result<OnError, String> {
     }
 }
 
-/// The git revision of the folder holding the configuration, for the manifest.
-fn git_revision(dir: &std::path::Path) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM (what CI runners send to cancel a job), so that the
-/// build can stop QEMU and clean up instead of dying with it running.
-pub(crate) async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 impl Args {
     pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         let config_path = std::path::absolute(&self.config)
@@ -199,7 +169,10 @@ impl Args {
         };
         let vars: BTreeMap<_, _> = self.vars.into_iter().collect();
         let request = BuildRequest {
-            git_revision: git_revision(&config_dir),
+            // The one git helper (the packager's, which names images by the same commit).
+            git_revision: kib_packager::tags::git_info(&config_dir)
+                .ok()
+                .and_then(|g| g.short_sha),
             config,
             config_dir,
             vars,
@@ -210,7 +183,7 @@ impl Args {
         };
         let reporter = TermReporter::new(global);
         let runner = QemuRunner::default();
-        let cancel = interrupted();
+        let cancel = crate::common::signal::interrupted();
         let output = kib_builder::build(&runner, request, &reporter, cancel).await?;
         reporter.line(&format!(
             "==> built `{}` ({} on disk, {} virtual), manifest `{}`",

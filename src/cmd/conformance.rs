@@ -11,14 +11,14 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kib_builder::vm::{AccelRequest, Firmware, Vm as _};
-use kib_conformance::cluster::{self, ClusterSpec, VmFirmware};
+use kib_conformance::cluster::{self, ClusterSpec};
 use kib_conformance::direct::{self, DirectOptions};
-use kib_conformance::manifest::Expected;
-use kib_conformance::{CheckReport, CheckResult, Report};
+use kib_conformance::manifest::ImageExpectations;
+use kib_conformance::{CheckReport, Report};
+use kib_vm::{AccelRequest, Firmware, Vm as _};
 
-use super::GlobalArgs;
-use crate::report::Failure;
+use crate::cli::GlobalArgs;
+use crate::error_render::Failure;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 enum Profile {
@@ -49,6 +49,25 @@ enum AccelArg {
     Tcg,
 }
 
+impl From<FirmwareArg> for Firmware {
+    fn from(f: FirmwareArg) -> Self {
+        match f {
+            FirmwareArg::Bios => Firmware::Bios,
+            FirmwareArg::Uefi => Firmware::Uefi,
+        }
+    }
+}
+
+impl From<AccelArg> for AccelRequest {
+    fn from(a: AccelArg) -> Self {
+        match a {
+            AccelArg::Auto => AccelRequest::Auto,
+            AccelArg::Kvm => AccelRequest::Kvm,
+            AccelArg::Tcg => AccelRequest::Tcg,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 enum ReportFormat {
     /// A table for people.
@@ -60,19 +79,9 @@ enum ReportFormat {
     Junit,
 }
 
-/// Parses `90`, `90s`, `15m`, `1h`.
+/// `90`, `90s`, `15m`, `1h`, `1h30m`.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        _ => (s, 1),
-    };
-    num.trim()
-        .parse::<u64>()
-        .map(|n| Duration::from_secs(n * mult))
-        .map_err(|_| format!("`{s}` is not a duration (e.g. `900`, `15m`, `1h`)"))
+    kib_builder::config::parse_duration_or_seconds(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,7 +218,7 @@ impl Args {
         };
         let (report, kept) = tokio::select! {
             r = run => r?,
-            () = super::build::interrupted() => {
+            () = crate::common::signal::interrupted() => {
                 anyhow::bail!("Interrupted; the VM was stopped")
             }
         };
@@ -272,15 +281,8 @@ impl Args {
         };
         let mut opts = DirectOptions::new(&self.image, &work);
         opts.manifest = self.manifest.clone();
-        opts.firmware = match self.firmware {
-            FirmwareArg::Bios => Firmware::Bios,
-            FirmwareArg::Uefi => Firmware::Uefi,
-        };
-        opts.accel = match self.accel {
-            AccelArg::Auto => AccelRequest::Auto,
-            AccelArg::Kvm => AccelRequest::Kvm,
-            AccelArg::Tcg => AccelRequest::Tcg,
-        };
+        opts.firmware = self.firmware.into();
+        opts.accel = self.accel.into();
         opts.grow_by = self.grow << 30;
         opts.cpus = self.cpus;
         opts.memory_mib = self.memory;
@@ -294,13 +296,10 @@ impl Args {
         opts.keep = self.keep;
         opts.check_scripts = self.check_scripts.clone();
         opts.tls_verify = !self.insecure;
-        let run = direct::run(opts, progress).await.map_err(|e| {
-            let hint = e.hint();
-            anyhow::Error::new(e).context(match hint {
-                Some(h) => format!("Conformance run of `{}` failed (hint: {h})", self.image),
-                None => format!("Conformance run of `{}` failed", self.image),
-            })
-        })?;
+        // The renderer prints the `DirectError`'s hint (once) from the chain.
+        let run = direct::run(opts, progress)
+            .await
+            .with_context(|| format!("Conformance run of `{}` failed", self.image))?;
         if run.kept.is_some() {
             // The work directory holds the key and the sockets: keep it with the VM.
             if let Some(g) = _guard {
@@ -321,68 +320,23 @@ impl Args {
             None => self
                 .manifest
                 .as_deref()
-                .map(Expected::read)
+                .map(ImageExpectations::read)
                 .transpose()?
                 .and_then(|e| e.kubernetes)
                 .context("The cluster profile needs the image's Kubernetes version: pass `--kubernetes-version` or `--manifest`")?,
         };
         let mut spec = ClusterSpec::new(&self.image, &version);
         spec.insecure_registries = self.insecure_registry.clone();
-        spec.firmware = match self.firmware {
-            FirmwareArg::Bios => VmFirmware::Bios,
-            FirmwareArg::Uefi => VmFirmware::Uefi,
-        };
-        let kubeconfig_arg = self.kubeconfig.as_ref().map(|p| p.display().to_string());
-        let steps = cluster::plan(&spec, kubeconfig_arg.as_deref());
-        let kubeconfig = self.kubeconfig.clone();
-        let mut results = Vec::new();
-        let mut failed = false;
-        for step in &steps {
-            if failed {
-                results.push(CheckReport::new(
-                    &step.what,
-                    &step.what,
-                    &CheckResult::Skip("an earlier step failed".into()),
-                    Duration::ZERO,
-                ));
-                continue;
-            }
-            progress.line(&format!("==> {}", step.what));
-            let t = Instant::now();
-            let left = self.timeout.saturating_sub(started.elapsed());
-            let r = match cluster::run_step(step, kubeconfig.as_ref(), left).await {
-                Ok(_) => CheckResult::Pass,
-                Err(e) => {
-                    failed = true;
-                    let hint = e
-                        .hint()
-                        .map(|h| format!(" (hint: {h})"))
-                        .unwrap_or_default();
-                    CheckResult::fail(format!("{}{hint}", kib_conformance::checks::chain_of(&e)))
-                }
-            };
-            let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
-            direct::Reporter::on_check(progress, &rep);
-            results.push(rep);
-        }
-        // Teardown runs whether or not a step failed: the API port-forward is stopped and the
-        // kind cluster kib created is deleted (nothing with `--keep`).
-        for step in cluster::teardown(&spec, kubeconfig_arg.as_deref(), self.keep) {
-            progress.line(&format!("==> {}", step.what));
-            let _ = cluster::run_step(&step, kubeconfig.as_ref(), Duration::from_secs(300)).await;
-        }
-        let fw = match self.firmware {
-            FirmwareArg::Bios => "bios",
-            FirmwareArg::Uefi => "uefi",
-        };
-        Ok(Report::new(
+        spec.firmware = self.firmware.into();
+        Ok(cluster::run(
             &self.image,
-            "cluster",
-            fw,
-            if spec.use_emulation { "tcg" } else { "kvm" },
-            results,
-            started.elapsed(),
-        ))
+            &spec,
+            self.kubeconfig.as_ref(),
+            self.keep,
+            self.timeout.saturating_sub(started.elapsed()),
+            progress,
+        )
+        .await)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::process::{Command, ExitCode, Stdio};
 
-use super::{GlobalArgs, OutputFormat};
-use crate::report::Failure;
+use crate::cli::{GlobalArgs, OutputFormat};
+use crate::error_render::Failure;
 
 /// Check that this host can run `kib build`.
 ///
@@ -20,7 +20,7 @@ pub(crate) struct Args {
 }
 
 #[derive(Debug, serde::Serialize)]
-struct Check {
+struct Requirement {
     name: &'static str,
     ok: bool,
     required: bool,
@@ -44,16 +44,16 @@ fn version_of(program: &str, arg: &str) -> Option<String> {
     Some(text.lines().next().unwrap_or_default().trim().to_owned())
 }
 
-fn tool(name: &'static str, program: &str, arg: &str, required: bool, fix: &str) -> Check {
+fn tool(name: &'static str, program: &str, arg: &str, required: bool, fix: &str) -> Requirement {
     match version_of(program, arg) {
-        Some(v) => Check {
+        Some(v) => Requirement {
             name,
             ok: true,
             required,
             detail: v,
             fix: None,
         },
-        None => Check {
+        None => Requirement {
             name,
             ok: false,
             required,
@@ -63,11 +63,11 @@ fn tool(name: &'static str, program: &str, arg: &str, required: bool, fix: &str)
     }
 }
 
-fn qemu_img_zstd() -> Check {
+fn qemu_img_zstd() -> Requirement {
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {
-            return Check {
+            return Requirement {
                 name: "qemu-img zstd",
                 ok: false,
                 required: false,
@@ -85,7 +85,7 @@ fn qemu_img_zstd() -> Check {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    Check {
+    Requirement {
         name: "qemu-img zstd",
         ok,
         required: false,
@@ -100,15 +100,15 @@ fn qemu_img_zstd() -> Check {
     }
 }
 
-fn accel() -> Check {
-    let (kvm, detail) = match kib_builder::vm::accel::detect(kib_builder::vm::AccelRequest::Auto) {
+fn accel() -> Requirement {
+    let (kvm, detail) = match kib_vm::accel::detect(kib_vm::AccelRequest::Auto) {
         Ok(choice) => (
-            matches!(choice.accel, kib_builder::vm::Accel::Kvm),
+            matches!(choice.accel, kib_vm::Accel::Kvm),
             format!("{}: {}", choice.accel, choice.reason),
         ),
         Err(err) => (false, err.to_string()),
     };
-    Check {
+    Requirement {
         name: "acceleration",
         ok: kvm,
         required: false,
@@ -119,10 +119,10 @@ fn accel() -> Check {
     }
 }
 
-fn ovmf() -> Check {
-    let path = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+fn ovmf() -> Requirement {
+    let path = kib_vm::qemu::OVMF_CODE;
     let ok = std::path::Path::new(path).exists();
-    Check {
+    Requirement {
         name: "OVMF (UEFI)",
         ok,
         required: false,

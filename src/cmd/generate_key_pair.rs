@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use kib_signer::keys::generate_key_pair;
 
-use super::{GlobalArgs, OutputFormat};
+use crate::cli::{GlobalArgs, OutputFormat};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -24,7 +24,7 @@ pub(crate) struct Args {
 
 impl Args {
     pub(crate) async fn run(self, _global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-        let password = super::sign::password(true)?;
+        let password = crate::common::signing::password(true)?;
         let prefix = self.output_key_prefix;
         let force = self.force;
         let files =

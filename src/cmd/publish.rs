@@ -14,10 +14,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kib_packager::push::{PublishRequest, RetryPolicy, publish};
 
-use super::package::{ImageArgs, StderrReporter};
-use super::registry::RegistryArgs;
-use super::sign::{Attestation, load_key, sign_and_attest};
-use super::{GlobalArgs, OutputFormat};
+use super::package::StderrReporter;
+use crate::cli::{GlobalArgs, OutputFormat};
+use crate::common::image_args::ImageArgs;
+use crate::common::registry_args::RegistryArgs;
+use crate::common::signing::{Attestation, load_key, sign_and_attest};
 
 /// What `kib publish --help` shows after the options: the flow it belongs to.
 const FLOW: &str = "\

@@ -12,9 +12,9 @@ use kib_packager::registry;
 use kib_signer::keys::PublicKey;
 use kib_signer::oci_client::Reference;
 
-use super::registry::RegistryArgs;
-use super::{GlobalArgs, OutputFormat};
-use crate::report::Failure;
+use crate::cli::{GlobalArgs, OutputFormat};
+use crate::common::registry_args::RegistryArgs;
+use crate::error_render::Failure;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use kib_builder::vm::Vm;
+use kib_vm::Vm;
 
 use super::{chain, check_body, run, run_ok};
 use crate::check::{Check, CheckResult};
@@ -92,7 +92,7 @@ impl Check for GuestAgent {
 }
 
 /// The processes holding a watchdog device open: `pid comm device` lines.
-const WATCHDOG_HOLDERS: &str = r#"for p in /proc/[0-9]*; do for f in $p/fd/*; do t=$(readlink "$f" 2>/dev/null) || continue; case "$t" in /dev/watchdog*) echo "${p#/proc/} $(cat $p/comm) $t";; esac; done; done; true"#;
+const WATCHDOG_HOLDERS: &str = include_str!("../scripts/watchdog-holders.sh");
 
 /// 4. `/dev/watchdog` exists and a daemon holds it.
 pub struct Watchdog;

@@ -101,17 +101,7 @@ impl Check for DiskResize {
         check_body!(async {
             // SOURCE of /, its parent disk, the partition's end and the disk's size (sectors),
             // and the filesystem size in bytes.
-            let script = r#"set -e
-src=$(findmnt -no SOURCE /)
-dev=$(readlink -f "$src"); part=$(basename "$dev")
-disk=$(basename "$(readlink -f /sys/class/block/$part/..)")
-echo "source=$src"
-echo "part=$part"
-echo "disk=$disk"
-echo "disk_sectors=$(cat /sys/class/block/$disk/size)"
-echo "part_start=$(cat /sys/class/block/$part/start)"
-echo "part_sectors=$(cat /sys/class/block/$part/size)"
-echo "fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')""#;
+            let script = include_str!("../scripts/root-partition.sh");
             let out = run_ok(ctx, script, false).await?;
             let get = |k: &str| {
                 out.stdout

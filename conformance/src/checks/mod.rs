@@ -76,22 +76,8 @@ async fn run_ok(ctx: &Context, cmd: &str, root: bool) -> Result<ExecOutput, Chec
     }
 }
 
-/// An error and its sources on one line (for failure reasons).
-pub fn chain_of(e: &dyn std::error::Error) -> String {
-    chain(e)
-}
-
 /// An error and its sources on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use kib_vm::error_chain as chain;
 
 /// Turns a `Result<(), CheckResult>` body into a result.
 macro_rules! check_body {

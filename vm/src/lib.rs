@@ -1,20 +1,32 @@
-//! The VM runner: one small interface ([`Runner`], [`Vm`]) and its QEMU implementation
-//! ([`QemuRunner`]).
+//! The VM layer: what `kib build` and `kib conformance` both need to boot an image and get
+//! into it.
+//!
+//! - [`Runner`] and [`Vm`]: the one interface a VM backend implements, and its QEMU
+//!   implementation ([`QemuRunner`]); [`accel`] picks KVM or TCG;
+//! - [`qmp`]: the QMP (QEMU) and QGA (guest agent) clients;
+//! - [`seed`]: cloud-init seeds (NoCloud for builds, ConfigDrive as CAPK delivers user data);
+//! - [`ssh`]: the russh client (ephemeral keys, host key pinning, timeouts).
 //!
 //! `kib build` boots the base image with a cloud-init seed, provisions it over the forwarded SSH
 //! port, powers it off over ACPI and collects the disk; `kib conformance` boots the result the
-//! same way. The interface is kept small so that a KubeVirt runner (many builds in a cluster)
-//! can implement it too.
+//! same way. The interface is kept small and object-safe (`Box<dyn Runner<Vm = …>>`,
+//! `Box<dyn Vm>`) so that a KubeVirt runner (many builds in a cluster) or a scripted fake in a
+//! test can implement it too.
 //!
 //! Dropping a running [`Vm`] kills its VM: a Ctrl-C or a panic never leaves a QEMU behind.
+//! Nothing here prints; failures are typed errors.
 
 pub mod accel;
 pub mod qemu;
+pub mod qmp;
+pub mod seed;
+pub mod ssh;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 pub use accel::{Accel, AccelChoice, AccelError, AccelRequest, detect, detect_auto};
 pub use qemu::{QemuRunner, QemuVm};
@@ -32,14 +44,58 @@ pub enum Network {
     Outbound,
 }
 
-/// The guest firmware.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The guest firmware (`kib.toml`'s `vm.firmware`, `--firmware`, the conformance report).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Firmware {
     /// SeaBIOS (KubeVirt's default).
     #[default]
     Bios,
     /// OVMF (UEFI) without secure boot, with a private copy of the variable store.
     Uefi,
+}
+
+impl Firmware {
+    /// `bios` or `uefi`, as reports, `kib.toml` and the command line write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+impl std::str::FromStr for Firmware {
+    type Err = UnknownChoice;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bios" => Ok(Firmware::Bios),
+            "uefi" => Ok(Firmware::Uefi),
+            _ => Err(UnknownChoice {
+                value: s.to_owned(),
+                expected: "`bios`, `uefi`",
+            }),
+        }
+    }
+}
+
+/// A word that is not one of the allowed choices (`--firmware`, `--accel`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not one of {expected}")]
+pub struct UnknownChoice {
+    /// The value given.
+    pub value: String,
+    /// The allowed values, e.g. `` `bios`, `uefi` ``.
+    pub expected: &'static str,
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What to boot.
@@ -232,13 +288,15 @@ impl VmError {
     }
 }
 
-/// Starts VMs.
+/// Starts VMs: the one interface a VM backend (QEMU here, KubeVirt later) implements.
+///
+/// Object-safe: `Box<dyn Runner<Vm = Box<dyn Vm>>>` works, and so does a scripted fake.
 pub trait Runner {
     /// The running VM.
     type Vm: Vm;
     /// Boots `spec` and returns once the hypervisor runs (not once the guest has booted: wait
     /// for SSH or the guest agent for that).
-    fn start(&self, spec: VmSpec) -> impl Future<Output = Result<Self::Vm, VmError>> + Send;
+    fn start(&self, spec: VmSpec) -> BoxFuture<'_, Result<Self::Vm, VmError>>;
 }
 
 /// A running VM. Dropping it kills the VM.
@@ -262,19 +320,72 @@ pub trait Vm: Send {
     /// Why that accelerator was chosen (show it loudly when it is TCG).
     fn accel_reason(&self) -> &str;
     /// A new QMP connection.
-    fn qmp(&self) -> impl Future<Output = Result<QmpClient, VmError>> + Send;
+    fn qmp(&self) -> BoxFuture<'_, Result<QmpClient, VmError>>;
     /// A new, synchronised guest agent connection; waits at most `timeout` for the agent.
-    fn guest_agent(
-        &self,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<QgaClient, VmError>> + Send;
+    fn guest_agent(&self, timeout: Duration) -> BoxFuture<'_, Result<QgaClient, VmError>>;
     /// Presses the ACPI power button and waits up to `timeout` for the VM to stop; then stops it
     /// by force and returns [`VmError::PowerOffForced`].
-    fn power_off(&mut self, timeout: Duration) -> impl Future<Output = Result<(), VmError>> + Send;
+    fn power_off(&mut self, timeout: Duration) -> BoxFuture<'_, Result<(), VmError>>;
     /// Stops the VM at once.
-    fn kill(&mut self) -> impl Future<Output = ()> + Send;
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
     /// The VM's disk; complete once [`Vm::power_off`] returned `Ok`.
     fn disk(&self) -> &Path;
+}
+
+/// A boxed VM is a VM, so a runner can hand out `Box<dyn Vm>` (`Runner<Vm = Box<dyn Vm>>`).
+impl<V: Vm + ?Sized> Vm for Box<V> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn ssh_addr(&self) -> SocketAddr {
+        (**self).ssh_addr()
+    }
+    fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
+        (**self).forwarded(guest_port)
+    }
+    fn serial_log(&self) -> &Path {
+        (**self).serial_log()
+    }
+    fn serial_tail(&self, lines: usize) -> Vec<String> {
+        (**self).serial_tail(lines)
+    }
+    fn console_is_silent(&self) -> bool {
+        (**self).console_is_silent()
+    }
+    fn accel(&self) -> Accel {
+        (**self).accel()
+    }
+    fn accel_reason(&self) -> &str {
+        (**self).accel_reason()
+    }
+    fn qmp(&self) -> BoxFuture<'_, Result<QmpClient, VmError>> {
+        (**self).qmp()
+    }
+    fn guest_agent(&self, timeout: Duration) -> BoxFuture<'_, Result<QgaClient, VmError>> {
+        (**self).guest_agent(timeout)
+    }
+    fn power_off(&mut self, timeout: Duration) -> BoxFuture<'_, Result<(), VmError>> {
+        (**self).power_off(timeout)
+    }
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        (**self).kill()
+    }
+    fn disk(&self) -> &Path {
+        (**self).disk()
+    }
+}
+
+/// An error and its sources on one line, `: `-separated (what anyhow's `{:#}` prints): the one
+/// formatter the libraries use where a cause goes into a message or a report.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// What a guest console printed, as plain text: terminal escape sequences (CSI such as colours
@@ -345,5 +456,117 @@ mod console_tests {
             console_text("[  OK  ] Started ssh.service\n"),
             "[  OK  ] Started ssh.service\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod object_safety_tests {
+    //! A scripted stand-in VM (labelled as such: it boots nothing) proves the interface is
+    //! object-safe, so a future KubeVirt runner or a test double can sit behind `dyn Runner`.
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A stand-in VM that records what was asked of it.
+    struct ScriptedVm {
+        name: String,
+        disk: PathBuf,
+        calls: Vec<&'static str>,
+    }
+
+    impl Vm for ScriptedVm {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn ssh_addr(&self) -> SocketAddr {
+            SocketAddr::from(([127, 0, 0, 1], 2222))
+        }
+        fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
+            (guest_port == 22).then(|| self.ssh_addr())
+        }
+        fn serial_log(&self) -> &Path {
+            Path::new("/dev/null")
+        }
+        fn serial_tail(&self, lines: usize) -> Vec<String> {
+            vec!["login:".to_owned(); lines.min(1)]
+        }
+        fn console_is_silent(&self) -> bool {
+            false
+        }
+        fn accel(&self) -> Accel {
+            Accel::Tcg
+        }
+        fn accel_reason(&self) -> &str {
+            "scripted"
+        }
+        fn qmp(&self) -> BoxFuture<'_, Result<QmpClient, VmError>> {
+            Box::pin(async move {
+                Err(VmError::NoGuestAgentChannel {
+                    name: self.name.clone(),
+                })
+            })
+        }
+        fn guest_agent(&self, _timeout: Duration) -> BoxFuture<'_, Result<QgaClient, VmError>> {
+            Box::pin(async move {
+                Err(VmError::NoGuestAgentChannel {
+                    name: self.name.clone(),
+                })
+            })
+        }
+        fn power_off(&mut self, _timeout: Duration) -> BoxFuture<'_, Result<(), VmError>> {
+            self.calls.push("power_off");
+            Box::pin(async { Ok(()) })
+        }
+        fn kill(&mut self) -> BoxFuture<'_, ()> {
+            self.calls.push("kill");
+            Box::pin(async {})
+        }
+        fn disk(&self) -> &Path {
+            &self.disk
+        }
+    }
+
+    /// A stand-in runner that hands out [`ScriptedVm`]s as `Box<dyn Vm>`.
+    struct ScriptedRunner {
+        started: Mutex<Vec<String>>,
+    }
+
+    impl Runner for ScriptedRunner {
+        type Vm = Box<dyn Vm>;
+        fn start(&self, spec: VmSpec) -> BoxFuture<'_, Result<Box<dyn Vm>, VmError>> {
+            self.started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(spec.name.clone());
+            Box::pin(async move {
+                Ok(Box::new(ScriptedVm {
+                    name: spec.name,
+                    disk: spec.disk,
+                    calls: Vec::new(),
+                }) as Box<dyn Vm>)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_scripted_runner_fits_behind_dyn_runner() {
+        let runner: Box<dyn Runner<Vm = Box<dyn Vm>>> = Box::new(ScriptedRunner {
+            started: Mutex::new(Vec::new()),
+        });
+        let spec = VmSpec::new("fake", "/tmp/disk.qcow2", "/tmp");
+        let mut vm = runner
+            .start(spec)
+            .await
+            .expect("the scripted runner starts");
+        assert_eq!(vm.name(), "fake");
+        assert_eq!(vm.disk(), Path::new("/tmp/disk.qcow2"));
+        assert_eq!(vm.forwarded(22), Some(vm.ssh_addr()));
+        assert!(matches!(
+            vm.guest_agent(Duration::from_secs(1)).await,
+            Err(VmError::NoGuestAgentChannel { .. })
+        ));
+        vm.power_off(Duration::from_secs(1))
+            .await
+            .expect("powers off");
+        vm.kill().await;
     }
 }

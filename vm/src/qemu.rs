@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use super::accel::{Accel, AccelChoice, HostProbe, detect_with};
-use super::{Firmware, Network, Runner, Vm, VmError, VmSpec};
+use crate::accel::{Accel, AccelChoice, HostProbe, detect_with};
 use crate::qmp::{QgaClient, QmpClient, QmpError};
+use crate::{Firmware, Network, Runner, Vm, VmError, VmSpec};
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -45,12 +46,18 @@ pub struct QemuRunner {
     pub qmp_timeout: Duration,
 }
 
+/// Debian's OVMF firmware code (package `ovmf`): what `--firmware uefi` boots with, and what
+/// `kib doctor` looks for.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// The OVMF variable store template each UEFI VM gets a private copy of.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 impl Default for QemuRunner {
     fn default() -> Self {
         Self {
             qemu: "qemu-system-x86_64".into(),
-            ovmf_code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-            ovmf_vars: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+            ovmf_code: OVMF_CODE.into(),
+            ovmf_vars: OVMF_VARS.into(),
             probe: HostProbe::default(),
             silent_console_after: Duration::from_secs(60),
             start_timeout: Duration::from_secs(30),
@@ -243,7 +250,14 @@ fn tail_of(path: &Path, max: usize) -> String {
 impl Runner for QemuRunner {
     type Vm = QemuVm;
 
-    async fn start(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
+    fn start(&self, spec: VmSpec) -> BoxFuture<'_, Result<QemuVm, VmError>> {
+        Box::pin(self.boot(spec))
+    }
+}
+
+impl QemuRunner {
+    /// [`Runner::start`].
+    async fn boot(&self, spec: VmSpec) -> Result<QemuVm, VmError> {
         let name = spec.name.clone();
         let prep = |path: &Path| {
             let name = name.clone();
@@ -511,7 +525,7 @@ impl Vm for QemuVm {
     }
 
     fn serial_tail(&self, lines: usize) -> Vec<String> {
-        let text = super::console_text(&tail_of(&self.serial_log, 256 * 1024));
+        let text = crate::console_text(&tail_of(&self.serial_log, 256 * 1024));
         let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         all[all.len().saturating_sub(lines)..]
             .iter()
@@ -532,7 +546,30 @@ impl Vm for QemuVm {
         &self.accel.reason
     }
 
-    async fn qmp(&self) -> Result<QmpClient, VmError> {
+    fn qmp(&self) -> BoxFuture<'_, Result<QmpClient, VmError>> {
+        Box::pin(self.connect_qmp())
+    }
+
+    fn guest_agent(&self, timeout: Duration) -> BoxFuture<'_, Result<QgaClient, VmError>> {
+        Box::pin(self.connect_guest_agent(timeout))
+    }
+
+    fn power_off(&mut self, timeout: Duration) -> BoxFuture<'_, Result<(), VmError>> {
+        Box::pin(self.press_power_button(timeout))
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.kill_now())
+    }
+
+    fn disk(&self) -> &Path {
+        &self.disk
+    }
+}
+
+impl QemuVm {
+    /// [`Vm::qmp`].
+    async fn connect_qmp(&self) -> Result<QmpClient, VmError> {
         QmpClient::connect(&self.qmp_socket, self.qmp_timeout)
             .await
             .map_err(|source| VmError::Qmp {
@@ -541,7 +578,8 @@ impl Vm for QemuVm {
             })
     }
 
-    async fn guest_agent(&self, timeout: Duration) -> Result<QgaClient, VmError> {
+    /// [`Vm::guest_agent`].
+    async fn connect_guest_agent(&self, timeout: Duration) -> Result<QgaClient, VmError> {
         let Some(path) = &self.qga_socket else {
             return Err(VmError::NoGuestAgentChannel {
                 name: self.name.clone(),
@@ -555,7 +593,8 @@ impl Vm for QemuVm {
             })
     }
 
-    async fn power_off(&mut self, timeout: Duration) -> Result<(), VmError> {
+    /// [`Vm::power_off`].
+    async fn press_power_button(&mut self, timeout: Duration) -> Result<(), VmError> {
         if self.exited {
             return Ok(());
         }
@@ -583,7 +622,7 @@ impl Vm for QemuVm {
             let _ = c.quit().await;
         }
         if !self.wait_exit(Duration::from_secs(10)).await? {
-            self.kill().await;
+            self.kill_now().await;
         }
         Err(VmError::PowerOffForced {
             name: self.name.clone(),
@@ -591,7 +630,8 @@ impl Vm for QemuVm {
         })
     }
 
-    async fn kill(&mut self) {
+    /// [`Vm::kill`].
+    async fn kill_now(&mut self) {
         if self.exited {
             return;
         }
@@ -600,10 +640,6 @@ impl Vm for QemuVm {
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
             self.exited = true;
         }
-    }
-
-    fn disk(&self) -> &Path {
-        &self.disk
     }
 }
 
@@ -748,7 +784,7 @@ mod tests {
             ..QemuRunner::new()
         };
         let mut spec = VmSpec::new("x", dir.path().join("d.qcow2"), dir.path().join("w"));
-        spec.accel = super::super::AccelRequest::Tcg;
+        spec.accel = crate::AccelRequest::Tcg;
         let err = runner.start(spec).await.unwrap_err();
         assert!(matches!(err, VmError::Spawn { .. }), "{err:?}");
         assert!(err.hint().unwrap().contains("install QEMU"));

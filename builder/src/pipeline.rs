@@ -15,9 +15,9 @@ use crate::export::{ExportError, ExportedImage, export};
 use crate::manifest::{BuildManifest, ManifestError};
 use crate::provision::{ProvisionContext, ProvisionError, run_all};
 use crate::reporter::{Reporter, Stage};
-use crate::seed::{NoCloud, SeedError, build_user_data};
-use crate::ssh::{KeyPair, Session, SshError, SshOptions, wait_for_ssh};
-use crate::vm::{Runner, Vm, VmError, VmSpec};
+use kib_vm::seed::{NoCloud, SeedError, build_user_data};
+use kib_vm::ssh::{KeyPair, Session, SshError, SshOptions, wait_for_ssh};
+use kib_vm::{Runner, Vm, VmError, VmSpec};
 
 /// What to do with the VM when a step fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -306,10 +306,10 @@ impl<R: Runner> Pipeline<'_, R> {
             seed: Some(seed.into()),
             cpus: cfg.vm.cpus,
             memory_mib: cfg.vm.memory_mib,
-            accel: cfg.vm.accel.into(),
+            accel: cfg.vm.accel,
             cpu_model: cfg.vm.cpu_model.clone(),
             network: cfg.vm.network.into(),
-            firmware: cfg.vm.firmware.into(),
+            firmware: cfg.vm.firmware,
             // As KubeVirt boots it: the playbook configures the watchdog daemon and the agent.
             watchdog: true,
             guest_agent: true,
@@ -417,7 +417,7 @@ impl<R: Runner> Pipeline<'_, R> {
         .map_err(BuildError::Export)?;
         self.done(Stage::Export, t);
 
-        let manifest = BuildManifest::new(
+        let manifest = crate::manifest::assemble(
             &self.request.kib_version,
             self.request.git_revision.clone(),
             &base,
@@ -464,7 +464,7 @@ async fn finish_guest(
     user: &str,
     reporter: &dyn Reporter,
 ) -> Result<(), SshError> {
-    let user = crate::ssh::shell_quote(user);
+    let user = kib_vm::ssh::shell_quote(user);
     let script = format!(
         "rm -f /etc/sudoers.d/90-cloud-init-users; \
          userdel --force --remove {user} 2>/dev/null || userdel --force {user}; \

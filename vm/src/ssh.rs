@@ -655,17 +655,7 @@ pub async fn wait_for_ssh(
     })
 }
 
-/// An error and its causes on one line, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::error_chain;
 
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
@@ -680,15 +670,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// The guard described in the module docs: `$1` runs in its own session and is killed when the
 /// channel's stdin (fd 0, moved to fd 3) reaches end-of-file.
-const GUARD_SCRIPT: &str = r#"exec 3<&0 0</dev/null
-if command -v setsid >/dev/null 2>&1; then setsid sh -c "$1" 3<&- & else sh -c "$1" 3<&- & fi
-p=$!
-{ cat <&3; kill -TERM -"$p" || kill -TERM "$p"; sleep 5; kill -KILL -"$p" || kill -KILL "$p"; } >/dev/null 2>&1 &
-w=$!
-exec 3<&-
-wait "$p"; s=$?
-kill "$w" 2>/dev/null
-exit "$s""#;
+const GUARD_SCRIPT: &str = include_str!("scripts/guard.sh");
 
 /// Wraps `command` in the guard that kills it when the channel closes (see the module docs).
 pub fn guarded_command(command: &str) -> String {
@@ -705,14 +687,17 @@ pub fn sudo_command(command: &str) -> String {
     format!("sudo -n {}", guarded_command(command))
 }
 
-/// Splits a byte stream into lines (`\n`, `\r\n`), lossy UTF-8.
-#[derive(Default)]
-struct LineSplitter {
+/// Splits a byte stream into lines (`\n`, `\r\n`), lossy UTF-8; a line longer than 64 KiB is
+/// passed on in pieces. The one line splitter for command output (remote over SSH, local
+/// ansible).
+#[derive(Debug, Default)]
+pub struct LineSplitter {
     buf: Vec<u8>,
 }
 
 impl LineSplitter {
-    fn push(&mut self, data: &[u8], mut emit: impl FnMut(&str)) {
+    /// Adds `data` and passes on each line it completes.
+    pub fn push(&mut self, data: &[u8], mut emit: impl FnMut(&str)) {
         self.buf.extend_from_slice(data);
         let mut start = 0;
         while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
@@ -729,7 +714,8 @@ impl LineSplitter {
         }
     }
 
-    fn finish(&mut self, mut emit: impl FnMut(&str)) {
+    /// Passes on what is left after the last newline, if anything.
+    pub fn finish(&mut self, mut emit: impl FnMut(&str)) {
         if !self.buf.is_empty() {
             let line = std::mem::take(&mut self.buf);
             let line = line.strip_suffix(b"\r").unwrap_or(&line);
@@ -738,19 +724,21 @@ impl LineSplitter {
     }
 }
 
-/// Keeps the last [`STDERR_TAIL_LINES`] lines.
-#[derive(Default)]
-pub(crate) struct Tail(VecDeque<String>);
+/// Keeps the last [`STDERR_TAIL_LINES`] lines (of a failed command's output, for its error).
+#[derive(Debug, Default)]
+pub struct Tail(VecDeque<String>);
 
 impl Tail {
-    pub(crate) fn push(&mut self, line: &str) {
+    /// Adds a line, dropping the oldest when full.
+    pub fn push(&mut self, line: &str) {
         if self.0.len() == STDERR_TAIL_LINES {
             self.0.pop_front();
         }
         self.0.push_back(line.to_owned());
     }
 
-    pub(crate) fn into_output(self) -> OutputTail {
+    /// The kept lines, oldest first.
+    pub fn into_output(self) -> OutputTail {
         OutputTail {
             lines: self.0.into(),
         }

@@ -8,8 +8,11 @@
 
 use std::path::PathBuf;
 
-/// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the user asked for (`kib.toml`'s `vm.accel`, `--accel`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AccelRequest {
     /// KVM when usable, else TCG.
     #[default]
@@ -18,6 +21,39 @@ pub enum AccelRequest {
     Kvm,
     /// TCG (software emulation) always.
     Tcg,
+}
+
+impl AccelRequest {
+    /// The word used in `kib.toml` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelRequest::Auto => "auto",
+            AccelRequest::Kvm => "kvm",
+            AccelRequest::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for AccelRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AccelRequest {
+    type Err = crate::UnknownChoice;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(AccelRequest::Auto),
+            "kvm" => Ok(AccelRequest::Kvm),
+            "tcg" => Ok(AccelRequest::Tcg),
+            _ => Err(crate::UnknownChoice {
+                value: s.to_owned(),
+                expected: "`auto`, `kvm`, `tcg`",
+            }),
+        }
+    }
 }
 
 /// The accelerator actually used.

@@ -2,7 +2,7 @@
 //! qemu-guest-agent). Run them one at a time:
 //!
 //! ```text
-//! cargo test -p kib-builder --features test-vm --test vm -- --test-threads=1
+//! cargo test -p kib-vm --features test-vm --test vm -- --test-threads=1
 //! ```
 //!
 //! On a host without usable KVM (or a PVM host) they run under TCG: allow a few minutes each.
@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kib_builder::seed::{ConfigDrive, NoCloud, Seed, build_user_data};
-use kib_builder::vm::{Accel, AccelRequest, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
+use kib_vm::seed::{ConfigDrive, NoCloud, Seed, build_user_data};
+use kib_vm::{Accel, AccelRequest, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -216,7 +216,7 @@ async fn nocloud_boot_ssh_guest_agent_and_power_off() {
 #[tokio::test]
 #[ignore = "CI covers this seed already: every `kib conformance` run boots with a ConfigDrive and logs in as its `capk` user \
             (tests/cli/conformance.rs, tests/cli/build.rs); a third boot would cost CI ~100 s under TCG. \
-            Run: cargo test -p kib-builder --features test-vm --test vm configdrive -- --ignored"]
+            Run: cargo test -p kib-vm --features test-vm --test vm configdrive -- --ignored"]
 async fn configdrive_seed_is_found_by_cloud_init() {
     let dir = tempfile::tempdir().unwrap();
     let seed = ConfigDrive::new("kib-configdrive", build_user_data("capk", TEST_KEY));

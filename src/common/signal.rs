@@ -1,0 +1,19 @@
+//! Cancellation: what `kib build` and `kib conformance` wait on to stop their VMs and clean
+//! up.
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM (what CI runners send to cancel a job), so that the
+/// build can stop QEMU and clean up instead of dying with it running.
+pub(crate) async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
