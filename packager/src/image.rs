@@ -187,3 +187,81 @@ pub fn prepare(
         manifest_digest,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Golden digests: the bytes kib writes for fixed inputs are pinned, so a change of
+    //! serialisation (key order, whitespace, a new field, serde_json's `preserve_order`
+    //! feature turned on by some other crate) fails here instead of silently changing every
+    //! published image digest.
+
+    use super::*;
+
+    fn layer() -> LayerDigests {
+        LayerDigests {
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: 1_234_567,
+            diff_id: format!("sha256:{}", "b".repeat(64)),
+            disk_size: 2_345_678,
+        }
+    }
+
+    fn full_metadata() -> ImageMetadata {
+        ImageMetadata {
+            created: 1_795_773_600,
+            source: Some("https://example.invalid/kib".into()),
+            revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            version: Some("v1.37.1-rocky10.1-0123456".into()),
+            title: Some("kib node image".into()),
+            description: Some("Rocky Linux 10 Kubernetes node".into()),
+            kubernetes_version: Some("v1.37.1".into()),
+            rocky_version: Some("10.1".into()),
+            base_image_sha256: Some("c".repeat(64)),
+            instancetype: Some("u1.medium".into()),
+            preference: Some("rhel.10".into()),
+        }
+    }
+
+    #[test]
+    fn golden_full_metadata_gzip() {
+        let image = prepare(layer(), Compression::Gzip, &full_metadata());
+        assert_eq!(
+            String::from_utf8(image.config.clone()).unwrap(),
+            GOLDEN_FULL_CONFIG
+        );
+        assert_eq!(
+            String::from_utf8(image.manifest.clone()).unwrap(),
+            GOLDEN_FULL_MANIFEST
+        );
+        assert_eq!(image.config_descriptor.digest, GOLDEN_FULL_CONFIG_DIGEST);
+        assert_eq!(image.manifest_digest, GOLDEN_FULL_MANIFEST_DIGEST);
+        assert_eq!(image.manifest_digest, sha256_digest(&image.manifest));
+    }
+
+    #[test]
+    fn golden_default_metadata_zstd() {
+        let image = prepare(layer(), Compression::Zstd, &ImageMetadata::default());
+        assert_eq!(
+            String::from_utf8(image.config.clone()).unwrap(),
+            GOLDEN_EMPTY_CONFIG
+        );
+        assert_eq!(
+            String::from_utf8(image.manifest.clone()).unwrap(),
+            GOLDEN_EMPTY_MANIFEST
+        );
+        assert_eq!(image.manifest_digest, GOLDEN_EMPTY_MANIFEST_DIGEST);
+    }
+
+    // The values kib 0.1.0 wrote before the config and manifest were built with oci-spec
+    // types (computed from that code): the switch did not change a byte.
+    const GOLDEN_FULL_CONFIG: &str = r#"{"architecture":"amd64","config":{"Env":["INSTANCETYPE_KUBEVIRT_IO_DEFAULT_INSTANCETYPE=u1.medium","INSTANCETYPE_KUBEVIRT_IO_DEFAULT_PREFERENCE=rhel.10"],"Labels":{"io.kib.base-image.sha256":"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","io.kib.kubernetes.version":"v1.37.1","io.kib.rocky.version":"10.1","org.opencontainers.image.created":"2026-11-27T10:00:00Z","org.opencontainers.image.description":"Rocky Linux 10 Kubernetes node","org.opencontainers.image.revision":"0123456789abcdef0123456789abcdef01234567","org.opencontainers.image.source":"https://example.invalid/kib","org.opencontainers.image.title":"kib node image","org.opencontainers.image.version":"v1.37.1-rocky10.1-0123456"}},"created":"2026-11-27T10:00:00Z","history":[{"comment":"containerDisk: disk/disk.qcow2","created":"2026-11-27T10:00:00Z","created_by":"kib publish"}],"os":"linux","rootfs":{"diff_ids":["sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"],"type":"layers"}}"#;
+    const GOLDEN_FULL_MANIFEST: &str = r#"{"annotations":{"io.kib.base-image.sha256":"cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","io.kib.kubernetes.version":"v1.37.1","io.kib.rocky.version":"10.1","org.opencontainers.image.created":"2026-11-27T10:00:00Z","org.opencontainers.image.description":"Rocky Linux 10 Kubernetes node","org.opencontainers.image.revision":"0123456789abcdef0123456789abcdef01234567","org.opencontainers.image.source":"https://example.invalid/kib","org.opencontainers.image.title":"kib node image","org.opencontainers.image.version":"v1.37.1-rocky10.1-0123456"},"config":{"digest":"sha256:992d7635e34f47e26910f049265c4d67b3b965f1c9fd0faf5272be4eda797eca","mediaType":"application/vnd.oci.image.config.v1+json","size":991},"layers":[{"digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":1234567}],"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#;
+    const GOLDEN_FULL_CONFIG_DIGEST: &str =
+        "sha256:992d7635e34f47e26910f049265c4d67b3b965f1c9fd0faf5272be4eda797eca";
+    const GOLDEN_FULL_MANIFEST_DIGEST: &str =
+        "sha256:ca7b6a86b9f448e721c8295aa4b97118090c6404495c422a97a7cbf5bd6f6d0e";
+    const GOLDEN_EMPTY_CONFIG: &str = r#"{"architecture":"amd64","config":{"Labels":{"org.opencontainers.image.created":"1970-01-01T00:00:00Z"}},"created":"1970-01-01T00:00:00Z","history":[{"comment":"containerDisk: disk/disk.qcow2","created":"1970-01-01T00:00:00Z","created_by":"kib publish"}],"os":"linux","rootfs":{"diff_ids":["sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"],"type":"layers"}}"#;
+    const GOLDEN_EMPTY_MANIFEST: &str = r#"{"annotations":{"org.opencontainers.image.created":"1970-01-01T00:00:00Z"},"config":{"digest":"sha256:7be0e75303b704846af6310e32e9f92a8ad3df5bc4a6765e422b40daa8e44b94","mediaType":"application/vnd.oci.image.config.v1+json","size":381},"layers":[{"digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","mediaType":"application/vnd.oci.image.layer.v1.tar+zstd","size":1234567}],"mediaType":"application/vnd.oci.image.manifest.v1+json","schemaVersion":2}"#;
+    const GOLDEN_EMPTY_MANIFEST_DIGEST: &str =
+        "sha256:272d7f8cc5f55e47edc6847e922542d90ddc3b8d7797ff9289cbeb082d151447";
+}
