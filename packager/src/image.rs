@@ -1,10 +1,18 @@
 //! The OCI image config and manifest of a containerDisk.
 //!
-//! Both are serialised with sorted keys and no whitespace, from inputs that do not depend on
-//! the clock (the `created` time is the same fixed time as the layer's mtimes), so the same
-//! qcow2 and metadata always give the same manifest digest.
+//! Both are built as oci-spec types and serialised canonically: through a
+//! `serde_json::Value`, whose maps are sorted (serde_json without `preserve_order`), with no
+//! whitespace. The inputs do not depend on the clock (the `created` time is the same fixed
+//! time as the layer's mtimes), so the same qcow2 and metadata always give the same manifest
+//! digest; the golden test below pins those bytes.
 
-use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor as OciDescriptor, Digest, HistoryBuilder,
+    ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
+};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -65,11 +73,11 @@ impl ImageMetadata {
     }
 
     /// The OCI annotations (`org.opencontainers.image.*`) plus kib's labels, sorted.
-    pub fn annotations(&self) -> Map<String, Value> {
-        let mut m = Map::new();
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
         m.insert(
             "org.opencontainers.image.created".into(),
-            self.created_rfc3339().into(),
+            self.created_rfc3339(),
         );
         let optional = [
             ("org.opencontainers.image.source", &self.source),
@@ -83,7 +91,7 @@ impl ImageMetadata {
         ];
         for (k, v) in optional {
             if let Some(v) = v {
-                m.insert(k.into(), v.clone().into());
+                m.insert(k.into(), v.clone());
             }
         }
         m
@@ -102,9 +110,22 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
-    fn to_json(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    /// As oci-spec's descriptor. The digests here are kib's own `sha256:<hex>`, so parsing
+    /// them cannot fail.
+    fn to_oci(&self) -> OciDescriptor {
+        let digest: Digest = self
+            .digest
+            .parse()
+            .expect("kib writes digests as sha256:<64 hex>");
+        OciDescriptor::new(MediaType::from(self.media_type.as_str()), self.size, digest)
     }
+}
+
+/// The canonical JSON of `value`: sorted keys (through `serde_json::Value`, whose map is a
+/// `BTreeMap` because nothing enables serde_json's `preserve_order`), no whitespace.
+fn canonical_json(value: &impl Serialize) -> Vec<u8> {
+    let value = serde_json::to_value(value).expect("OCI types serialise to JSON");
+    serde_json::to_vec(&value).expect("a JSON value serialises")
 }
 
 /// A containerDisk image whose layer digests are known: the config and manifest bytes, ready
@@ -136,29 +157,44 @@ pub fn prepare(
     compression: Compression,
     meta: &ImageMetadata,
 ) -> PreparedImage {
-    let annotations = meta.annotations();
+    let annotations: HashMap<String, String> = meta.annotations().into_iter().collect();
     let mut env = Vec::new();
     if let Some(it) = &meta.instancetype {
-        env.push(Value::from(format!("{ENV_DEFAULT_INSTANCETYPE}={it}")));
+        env.push(format!("{ENV_DEFAULT_INSTANCETYPE}={it}"));
     }
     if let Some(p) = &meta.preference {
-        env.push(Value::from(format!("{ENV_DEFAULT_PREFERENCE}={p}")));
+        env.push(format!("{ENV_DEFAULT_PREFERENCE}={p}"));
     }
-    let mut config_section = Map::new();
+    let mut config_section = ConfigBuilder::default().labels(annotations.clone());
     if !env.is_empty() {
-        config_section.insert("Env".into(), env.into());
+        config_section = config_section.env(env);
     }
-    config_section.insert("Labels".into(), Value::Object(annotations.clone()));
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": meta.created_rfc3339(),
-        "config": Value::Object(config_section),
-        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
-        "history": [{"created": meta.created_rfc3339(), "created_by": "kib publish", "comment": "containerDisk: disk/disk.qcow2"}],
-    });
-    // serde_json's Map is a BTreeMap here (no `preserve_order`): keys come out sorted.
-    let config = serde_json::to_vec(&config).unwrap_or_default();
+    let history = HistoryBuilder::default()
+        .created(meta.created_rfc3339())
+        .created_by("kib publish")
+        .comment("containerDisk: disk/disk.qcow2")
+        .build()
+        .expect("every history field is set");
+    let config = ImageConfigurationBuilder::default()
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .created(meta.created_rfc3339())
+        .config(
+            config_section
+                .build()
+                .expect("every config field is optional"),
+        )
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![layer.diff_id.clone()])
+                .build()
+                .expect("every rootfs field is set"),
+        )
+        .history(vec![history])
+        .build()
+        .expect("every required config field is set");
+    let config = canonical_json(&config);
     let config_descriptor = Descriptor {
         media_type: CONFIG_MEDIA_TYPE.into(),
         digest: sha256_digest(&config),
@@ -169,14 +205,15 @@ pub fn prepare(
         digest: layer.digest.clone(),
         size: layer.size,
     };
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": config_descriptor.to_json(),
-        "layers": [layer_descriptor.to_json()],
-        "annotations": Value::Object(annotations),
-    });
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2_u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config_descriptor.to_oci())
+        .layers(vec![layer_descriptor.to_oci()])
+        .annotations(annotations)
+        .build()
+        .expect("every required manifest field is set");
+    let manifest = canonical_json(&manifest);
     let manifest_digest = sha256_digest(&manifest);
     PreparedImage {
         layer,
