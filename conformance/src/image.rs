@@ -8,6 +8,7 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use oci_spec::image::{Digest, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
 /// Where the image comes from.
@@ -130,28 +131,13 @@ impl ImageError {
     }
 }
 
-#[derive(Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-    #[serde(default, rename = "mediaType")]
-    media_type: String,
-    #[serde(default)]
-    annotations: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    layers: Vec<Descriptor>,
-}
-
-fn blob_path(dir: &Path, digest: &str) -> PathBuf {
-    let (alg, hex) = digest.split_once(':').unwrap_or(("sha256", digest));
-    dir.join("blobs").join(alg).join(hex)
+/// The blob file of `digest` in the layout at `dir`. Parsing a [`Digest`] checks its grammar
+/// (algorithm `[a-z0-9+._-]`, encoded part `[a-zA-Z0-9=_-]`, 64 hex for sha256), so a hostile
+/// index or manifest cannot name a path outside `blobs/`.
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs")
+        .join(digest.algorithm().to_string())
+        .join(digest.digest())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(
@@ -188,14 +174,15 @@ fn decompressed(file: fs_err::File) -> std::io::Result<Box<dyn Read>> {
 
 /// Extracts the disk of the OCI layout at `dir` (image `tag`, or the only one) to `dest`.
 pub fn extract_from_layout(dir: &Path, tag: Option<&str>, dest: &Path) -> Result<(), ImageError> {
-    let index: Index = read_json(&dir.join("index.json"), "index")?;
-    let candidates: Vec<&Descriptor> = index
-        .manifests
+    let index: ImageIndex = read_json(&dir.join("index.json"), "index")?;
+    let candidates: Vec<_> = index
+        .manifests()
         .iter()
         .filter(|m| {
             tag.is_none_or(|t| {
-                m.annotations
-                    .get("org.opencontainers.image.ref.name")
+                m.annotations()
+                    .as_ref()
+                    .and_then(|a| a.get(oci_spec::image::ANNOTATION_REF_NAME))
                     .map(String::as_str)
                     == Some(t)
             })
@@ -207,14 +194,14 @@ pub fn extract_from_layout(dir: &Path, tag: Option<&str>, dest: &Path) -> Result
             tag: tag.map(str::to_owned),
         });
     };
-    let manifest: Manifest = read_json(&blob_path(dir, &manifest.digest), "manifest")?;
-    for layer in &manifest.layers {
+    let manifest: ImageManifest = read_json(&blob_path(dir, manifest.digest()), "manifest")?;
+    for layer in manifest.layers() {
         let err = |source| ImageError::Layer {
-            digest: layer.digest.clone(),
+            digest: layer.digest().to_string(),
             source,
         };
-        tracing::debug!(digest = %layer.digest, media_type = %layer.media_type, "reading layer");
-        let file = fs_err::File::open(blob_path(dir, &layer.digest)).map_err(err)?;
+        tracing::debug!(digest = %layer.digest(), media_type = %layer.media_type(), "reading layer");
+        let file = fs_err::File::open(blob_path(dir, layer.digest())).map_err(err)?;
         let mut archive = tar::Archive::new(decompressed(file).map_err(err)?);
         for entry in archive.entries().map_err(err)? {
             let mut entry = entry.map_err(err)?;
@@ -337,14 +324,14 @@ mod tests {
         fs_err::create_dir_all(dir.join("blobs/sha256")).unwrap();
         let put = |data: &[u8]| {
             let d = digest::of(data);
-            fs_err::write(blob_path(dir, &d), data).unwrap();
+            fs_err::write(blob_path(dir, &d.parse().unwrap()), data).unwrap();
             d
         };
         let layer_descs: Vec<serde_json::Value> = layers
             .iter()
             .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": l.len()}))
             .collect();
-        let manifest = serde_json::json!({"schemaVersion": 2, "layers": layer_descs, "config": {"digest": "sha256:00", "size": 0, "mediaType": "x"}});
+        let manifest = serde_json::json!({"schemaVersion": 2, "layers": layer_descs, "config": {"digest": format!("sha256:{}", "0".repeat(64)), "size": 0, "mediaType": "x"}});
         let m = serde_json::to_vec(&manifest).unwrap();
         let md = put(&m);
         let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": m.len(), "annotations": {"org.opencontainers.image.ref.name": tag}}]});

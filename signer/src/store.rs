@@ -7,6 +7,7 @@
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
+use oci_spec::image::{Descriptor, ImageManifest, MediaType};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -177,13 +178,12 @@ fn is_not_found(err: &OciDistributionError) -> bool {
     }
 }
 
-/// The layers of the manifest at `reference` (JSON descriptors, kept verbatim), or `None`
-/// if there is no such tag.
+/// The layer descriptors of the manifest at `reference`, or `None` if there is no such tag.
 pub(crate) async fn fetch_layers(
     client: &Client,
     auth: &RegistryAuth,
     reference: &Reference,
-) -> Result<Option<Vec<Value>>, StoreError> {
+) -> Result<Option<Vec<Descriptor>>, StoreError> {
     let body = match client
         .pull_manifest_raw(reference, auth, &[OCI_MANIFEST])
         .await
@@ -197,32 +197,30 @@ pub(crate) async fn fetch_layers(
             });
         }
     };
-    let manifest: Value =
+    let manifest: ImageManifest =
         serde_json::from_slice(&body).map_err(|source| StoreError::ParseManifest {
             reference: reference.whole(),
             source: Some(source),
         })?;
-    match manifest.get("layers").and_then(Value::as_array) {
-        Some(layers) => Ok(Some(layers.clone())),
-        None => Err(StoreError::ParseManifest {
-            reference: reference.whole(),
-            source: None,
-        }),
-    }
+    Ok(Some(manifest.layers().clone()))
 }
 
 /// Pulls one layer (at most [`MAX_LAYER_BYTES`]) and checks its digest.
 pub(crate) async fn pull_layer(
     client: &Client,
     reference: &Reference,
-    layer: &Value,
+    layer: &Descriptor,
 ) -> Result<Vec<u8>, StoreError> {
-    let descriptor: oci_client::manifest::OciDescriptor = serde_json::from_value(layer.clone())
-        .map_err(|source| StoreError::ParseManifest {
-            reference: reference.whole(),
-            source: Some(source),
-        })?;
-    if descriptor.size > MAX_LAYER_BYTES || descriptor.size < 0 {
+    // oci-client's own descriptor type, for `pull_blob`.
+    let descriptor = oci_client::manifest::OciDescriptor {
+        media_type: layer.media_type().to_string(),
+        digest: layer.digest().to_string(),
+        size: i64::try_from(layer.size()).unwrap_or(i64::MAX),
+        urls: None,
+        annotations: None,
+        artifact_type: None,
+    };
+    if descriptor.size > MAX_LAYER_BYTES {
         return Err(StoreError::LayerTooLarge {
             reference: reference.whole(),
             digest: descriptor.digest,
@@ -253,7 +251,7 @@ pub(crate) async fn pull_layer(
 pub(crate) struct NewLayer {
     pub(crate) media_type: &'static str,
     pub(crate) data: Vec<u8>,
-    pub(crate) annotations: serde_json::Map<String, Value>,
+    pub(crate) annotations: std::collections::HashMap<String, String>,
 }
 
 /// Adds `layer` to the manifest at `reference` (creating it if needed) and pushes it;
@@ -279,12 +277,14 @@ pub(crate) async fn append_layer(
         .await?
         .unwrap_or_default();
     let digest = sha256(&layer.data);
-    let descriptor = json!({
-        "mediaType": layer.media_type,
-        "size": layer.data.len(),
-        "digest": digest,
-        "annotations": layer.annotations,
-    });
+    let mut descriptor = Descriptor::new(
+        MediaType::from(layer.media_type),
+        layer.data.len() as u64,
+        digest
+            .parse::<oci_spec::image::Digest>()
+            .expect("sha256() writes sha256:<64 hex>"),
+    );
+    descriptor.set_annotations(Some(layer.annotations));
     let existing = layers.len();
     if layers.contains(&descriptor) {
         tracing::info!(reference = %reference.whole(), "the same signature layer is already there");
@@ -294,10 +294,7 @@ pub(crate) async fn append_layer(
     }
     tracing::debug!(reference = %reference.whole(), existing, total = layers.len(), "writing layers");
 
-    let diff_ids: Vec<Value> = layers
-        .iter()
-        .filter_map(|l| l.get("digest").cloned())
-        .collect();
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest().to_string()).collect();
     let history: Vec<Value> = layers
         .iter()
         .map(|_| json!({"created": "0001-01-01T00:00:00Z"}))

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use oci_spec::image::Descriptor;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -176,11 +177,12 @@ fn reject(layer: &str, reason: Rejection) -> CheckedLayer {
     }
 }
 
-fn annotation<'a>(layer: &'a Value, key: &str) -> Option<&'a str> {
+fn annotation<'a>(layer: &'a Descriptor, key: &str) -> Option<&'a str> {
     layer
-        .get("annotations")
+        .annotations()
+        .as_ref()
         .and_then(|a| a.get(key))
-        .and_then(Value::as_str)
+        .map(String::as_str)
 }
 
 /// Checks the cosign signatures of `image` with `key`.
@@ -222,21 +224,17 @@ pub async fn verify_image(
 async fn check_signature_layer(
     client: &Client,
     at: &Reference,
-    layer: &Value,
+    layer: &Descriptor,
     key: &PublicKey,
     digest: &str,
 ) -> CheckedLayer {
-    let id = layer
-        .get("digest")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or("");
+    let id = layer.digest().to_string();
+    let media_type = layer.media_type().to_string();
     if media_type != payload::SIMPLE_SIGNING_MEDIA_TYPE {
         return reject(
             &id,
             Rejection::MediaType {
-                media_type: media_type.into(),
+                media_type,
                 expected: payload::SIMPLE_SIGNING_MEDIA_TYPE.into(),
             },
         );
@@ -342,22 +340,18 @@ pub async fn verify_attestations(
 async fn check_attestation_layer(
     client: &Client,
     at: &Reference,
-    layer: &Value,
+    layer: &Descriptor,
     key: &PublicKey,
     digest: &str,
     predicate_type: Option<&str>,
 ) -> CheckedLayer {
-    let id = layer
-        .get("digest")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let media_type = layer.get("mediaType").and_then(Value::as_str).unwrap_or("");
+    let id = layer.digest().to_string();
+    let media_type = layer.media_type().to_string();
     if media_type != payload::DSSE_MEDIA_TYPE {
         return reject(
             &id,
             Rejection::MediaType {
-                media_type: media_type.into(),
+                media_type,
                 expected: payload::DSSE_MEDIA_TYPE.into(),
             },
         );

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, TryRngCore};
+use rand::{Rng as _, TryRng as _};
 use russh::client;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey};
@@ -56,7 +56,7 @@ impl KeyPair {
     /// Generates a fresh ed25519 key pair from the operating system's random source.
     pub fn generate() -> KeyPair {
         let mut seed = [0u8; 32];
-        rand::rngs::OsRng
+        rand::rngs::SysRng
             .try_fill_bytes(&mut seed)
             .unwrap_or_else(|_| rand::rng().fill_bytes(&mut seed));
         let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));

@@ -229,9 +229,8 @@ impl ApiClient {
         let id = reqwest::Identity::from_pem(&pem)
             .map_err(|e| format!("client certificate: {}", chain(&e)))?;
         let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(ca)
-            .tls_built_in_root_certs(false)
+            .tls_backend_rustls()
+            .tls_certs_only([ca])
             .identity(id)
             .timeout(Duration::from_secs(20))
             .build()
