@@ -37,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export HOME="$work/home" GNUPGHOME="$work/gnupg" ANSIBLE_NOCOLOR=1 ANSIBLE_ROLES_PATH="$here/roles"
+export HOME="$work/home" GNUPGHOME="$work/gnupg" ANSIBLE_NOCOLOR=1 ANSIBLE_PIPELINING=1 ANSIBLE_ROLES_PATH="$here/roles"
 export ANSIBLE_LOCAL_TEMP="$work/ansible-tmp" ANSIBLE_REMOTE_TEMP="$work/ansible-tmp"
 mkdir -p "$HOME" "$work/srv" "$work/build" "$work/bin"
 mkdir -m 0700 "$GNUPGHOME"
@@ -67,7 +67,8 @@ echo "kib test stand-in, not Kubernetes" >%{buildroot}/usr/share/kib-test-standi
 /usr/share/kib-test-standin/%{name}-%{version}
 EOF
 
-# repo minor -> "name:version ..." (pkgs.k8s.io carries cri-tools and kubernetes-cni in every
+# repo minor -> "name:version ..." (v1.35 only has to exist, with metadata that fails its
+# signature: it reuses v1.36 packages) (pkgs.k8s.io carries cri-tools and kubernetes-cni in every
 # Kubernetes minor's repository).
 declare -A repo_packages=(
   [1.37]="kubeadm:1.37.0 kubeadm:1.37.1 kubeadm:1.37.9 kubeadm:1.37.10
@@ -76,23 +77,22 @@ declare -A repo_packages=(
           cri-tools:1.37.0 cri-tools:1.37.1 kubernetes-cni:1.7.1 kubernetes-cni:1.8.0"
   [1.36]="kubeadm:1.36.3 kubeadm:1.36.4 kubelet:1.36.3 kubelet:1.36.4 kubectl:1.36.3 kubectl:1.36.4
           cri-tools:1.36.0 cri-tools:1.36.1 kubernetes-cni:1.7.1"
-  [1.35]="kubeadm:1.35.2 kubelet:1.35.2 kubectl:1.35.2 cri-tools:1.35.0 kubernetes-cni:1.7.1"
+  [1.35]="kubeadm:1.36.3 kubelet:1.36.3 kubectl:1.36.3 cri-tools:1.36.0 kubernetes-cni:1.7.1"
 )
 built="$work/build/rpms"
-for minor in "${!repo_packages[@]}"; do
-  for pv in ${repo_packages[$minor]}; do
-    [ -e "$built/${pv%%:*}-${pv#*:}.done" ] && continue
-    # _dbpath: rpmbuild must not open (and create) an rpmdb outside the work dir.
-    rpmbuild -bb --quiet --nodeps \
-      --define "_topdir $work/build/top" --define "_rpmdir $built" --define "_dbpath $work/build/rpmdb" \
-      --define "standin_name ${pv%%:*}" --define "standin_version ${pv#*:}" \
-      "$work/build/stand-in.spec" >/dev/null 2>"$work/build/rpmbuild.log" || {
-      cat "$work/build/rpmbuild.log" >&2
-      exit 1
-    }
-    touch "$built/${pv%%:*}-${pv#*:}.done"
-  done
-done
+# One rpmbuild per name:version, two at a time. _dbpath: rpmbuild must not open (and create) an
+# rpmdb outside the work dir.
+# shellcheck disable=SC2016 # the single-quoted script gets its values as "$1".. from xargs
+# shellcheck disable=SC2068 # split the space-separated lists on purpose
+printf '%s\n' ${repo_packages[@]} | sort -u |
+  xargs -P 2 -I '{}' sh -c 'pv="$1"; exec rpmbuild -bb --quiet --nodeps \
+      --define "_topdir $2/top-${pv}" --define "_rpmdir $3" --define "_dbpath $2/rpmdb" \
+      --define "standin_name ${pv%%:*}" --define "standin_version ${pv#*:}" "$2/stand-in.spec"' \
+    rpmbuild '{}' "$work/build" "$built" >/dev/null 2>"$work/build/rpmbuild.log" || {
+  cat "$work/build/rpmbuild.log" >&2
+  echo "dnf.sh: rpmbuild failed" >&2
+  exit 1
+}
 # Debian's rpm macros name /usr/bin/gpg2, which Debian does not ship.
 rpmsign --addsign --define "__gpg $(command -v gpg)" --define "_gpg_name kib dnf test stand-in key" \
   --define "_dbpath $work/build/rpmdb" "$built"/noarch/*.rpm >/dev/null 2>"$work/build/rpmsign.log" || {
@@ -126,7 +126,8 @@ EOF
 server_pid=$!
 for _ in $(seq 50); do [ -s "$work/port" ] && break; sleep 0.1; done
 [ -s "$work/port" ] || { cat "$work/http.log" >&2; echo "dnf.sh: the HTTP server did not start" >&2; exit 1; }
-export KIB_DNF_TEST_URL="http://127.0.0.1:$(cat "$work/port")"
+KIB_DNF_TEST_URL="http://127.0.0.1:$(cat "$work/port")"
+export KIB_DNF_TEST_URL
 
 # rpm_key has no root option: this labelled shim (first on PATH for ansible only) points the
 # real rpm at the scenario's installroot, so the key lands in the rpmdb dnf then checks
@@ -164,45 +165,62 @@ expect_installed() { # NAME EXPECTED
   # and is the labelled stand-in.
   rpm --root "$work/root-$1" -q gpg-pubkey --qf '%{summary}\n' | grep -q 'kib dnf test stand-in key' ||
     fail "$1: the repository key is not in the installroot's rpmdb (rpm_key)"
-  rpm --root "$work/root-$1" -q --qf '%{name} %{sigpgp:pgpsig}|%{summary}\n' kubeadm kubelet kubectl cri-tools kubernetes-cni |
+  rpm --root "$work/root-$1" -q --qf '%{name} %{rsaheader:pgpsig}|%{summary}\n' kubeadm kubelet kubectl cri-tools kubernetes-cni |
     while IFS='|' read -r sig summary; do
       case "$sig" in *"Key ID"*) ;; *) echo "dnf.sh: FAIL: $1: unsigned: $sig" >&2; exit 1 ;; esac
       [ "$summary" = "kib test stand-in, not Kubernetes" ] || { echo "dnf.sh: FAIL: $1: not a stand-in: $summary" >&2; exit 1; }
     done || failed=$((failed + 1))
 }
-expect_success() { # NAME VERSION EXPECTED
-  local t0=$SECONDS
-  if run "$1" "$2"; then
-    expect_installed "$1" "$3"
-    echo "dnf.sh: ok   $1 ($2): $(grep -o 'resolved kubernetes=[^"]*' "$work/$1.log") ($((SECONDS - t0))s)"
+# The scenarios run side by side (each in its own installroot), then their outcomes are checked.
+declare -A scenario_version=() scenario_rc=()
+scenario_pids=()
+start() { # NAME VERSION
+  scenario_version[$1]="$2"
+  run "$1" "$2" &
+  scenario_pids+=("$!:$1")
+}
+t0=$SECONDS
+start minor 1.37
+start patch 1.36.3
+start missing-patch 1.37.7
+start missing-minor 1.39
+start bad-signature 1.35
+for pn in "${scenario_pids[@]}"; do
+  rc=0
+  wait "${pn%%:*}" || rc=$?
+  scenario_rc[${pn#*:}]=$rc
+done
+echo "dnf.sh: the five scenarios took $((SECONDS - t0))s (setup ${t0}s)"
+
+expect_success() { # NAME EXPECTED
+  if [ "${scenario_rc[$1]}" -eq 0 ]; then
+    expect_installed "$1" "$2"
+    echo "dnf.sh: ok   $1 (${scenario_version[$1]}): $(grep -o 'resolved kubernetes=[^"]*' "$work/$1.log")"
   else
-    fail "$1: kubernetes_version=$2 failed:"
+    fail "$1: kubernetes_version=${scenario_version[$1]} failed:"
     show "$1"
   fi
 }
-expect_failure() { # NAME VERSION MESSAGE...
-  local name="$1" version="$2" t0=$SECONDS msg
-  shift 2
-  if run "$name" "$version"; then
-    fail "$name: kubernetes_version=$version succeeded, expected a failure"
+expect_failure() { # NAME MESSAGE...
+  local name="$1" msg
+  shift
+  if [ "${scenario_rc[$name]}" -eq 0 ]; then
+    fail "$name: kubernetes_version=${scenario_version[$name]} succeeded, expected a failure"
     show "$name"
     return
   fi
   for msg in "$@"; do
     grep -qF -- "$msg" "$work/$name.log" || { fail "$name: the failure does not say '$msg':"; show "$name"; return; }
   done
-  echo "dnf.sh: ok   $name ($version) fails as it must: $1 ($((SECONDS - t0))s)"
+  echo "dnf.sh: ok   $name (${scenario_version[$name]}) fails as it must: $1"
 }
 
-expect_success minor 1.37 \
-  "kubeadm-1.37.10 kubelet-1.37.10 kubectl-1.37.10 cri-tools-1.37.1 kubernetes-cni-1.8.0"
-expect_success patch 1.36.3 \
-  "kubeadm-1.36.3 kubelet-1.36.3 kubectl-1.36.3 cri-tools-1.36.1 kubernetes-cni-1.7.1"
-expect_failure missing-patch 1.37.7 \
+expect_success minor "kubeadm-1.37.10 kubelet-1.37.10 kubectl-1.37.10 cri-tools-1.37.1 kubernetes-cni-1.8.0"
+expect_success patch "kubeadm-1.36.3 kubelet-1.36.3 kubectl-1.36.3 cri-tools-1.36.1 kubernetes-cni-1.7.1"
+expect_failure missing-patch \
   "pkgs.k8s.io v1.37 does not offer the requested versions" "kubernetes 1.37.7 (has 1.37.0, 1.37.1, 1.37.9, 1.37.10)"
-expect_failure missing-minor 1.39 \
-  "The pkgs.k8s.io repository for Kubernetes v1.39" "could not be read"
-expect_failure bad-signature 1.35 \
+expect_failure missing-minor "The pkgs.k8s.io repository for Kubernetes v1.39" "could not be read"
+expect_failure bad-signature \
   "The pkgs.k8s.io repository for Kubernetes v1.35" "could not be read" "GPG signature verification error"
 
 if [ "$failed" -ne 0 ]; then
