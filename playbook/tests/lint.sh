@@ -9,14 +9,14 @@ export ANSIBLE_NOCOLOR=1
 status=0
 
 echo "== ansible-playbook --syntax-check"
-for pb in site.yml tests/render.yml; do
+for pb in site.yml upgrade.yml tests/render.yml tests/dnf.yml; do
   ansible-playbook --syntax-check -i localhost, "$pb" || status=1
 done
 ansible-playbook --syntax-check -i localhost, site.yml --extra-vars @tests/fixture-vars.yml || status=1
 
 echo "== ansible-lint --profile production --offline"
 ansible-lint --profile production --offline --strict -c .ansible-lint \
-  site.yml tests/render.yml roles/ group_vars/all.yml tests/fixture-vars.yml || status=1
+  site.yml upgrade.yml tests/render.yml tests/dnf.yml roles/ group_vars/all.yml tests/fixture-vars.yml tests/dnf-vars.yml || status=1
 
 if [ "$status" -ne 0 ]; then
   echo "lint.sh: FAILED" >&2

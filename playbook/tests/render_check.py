@@ -34,7 +34,8 @@ def dig(d, *keys):
 
 def containerd(path: Path) -> None:
     cfg = tomllib.loads(path.read_text())
-    check(cfg.get("version") == 3, f"{path.name}: version must be 3 (containerd 2.x), got {cfg.get('version')!r}")
+    # group_vars pins containerd 2.3.x: config version 4 (server listeners are plugins).
+    check(cfg.get("version") == 4, f"{path.name}: version must be 4 (containerd 2.3), got {cfg.get('version')!r}")
     plugins = cfg.get("plugins", {})
     images = plugins.get("io.containerd.cri.v1.images", {})
     runtime = plugins.get("io.containerd.cri.v1.runtime", {})
@@ -47,8 +48,9 @@ def containerd(path: Path) -> None:
     check(runc.get("runtime_type") == "io.containerd.runc.v2", f"{path.name}: runc runtime_type must be io.containerd.runc.v2")
     check(dig(runc, "options", "SystemdCgroup") is True, f"{path.name}: runc options SystemdCgroup must be true")
     check(dig(runtime, "containerd", "default_runtime_name") == "runc", f"{path.name}: default_runtime_name must be runc")
-    check(dig(cfg, "grpc", "address") in ("/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock"),
-          f"{path.name}: grpc.address must be containerd's standard socket (CAPK's CRI_PATH)")
+    check(dig(plugins, "io.containerd.server.v1.grpc", "address") in ("/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock"),
+          f"{path.name}: plugins.io.containerd.server.v1.grpc.address must be containerd's standard socket (CAPK's CRI_PATH)")
+    check("grpc" not in cfg, f"{path.name}: [grpc] is deprecated in config version 4")
     check("io.containerd.grpc.v1.cri" not in plugins, f"{path.name}: containerd 1.x CRI plugin section present")
     check("cri" not in cfg.get("disabled_plugins", []), f"{path.name}: the CRI plugin is disabled")
 
@@ -100,7 +102,15 @@ def repo(path: Path) -> None:
           f"{path.name}: exclude must hold the Kubernetes packages")
 
 
-def firewall(path: Path) -> None:
+# The overlay ports each CNI needs open (roles/firewall/defaults/main.yml cites the upstream docs).
+CNI_PORTS = {
+    "calico": {"tcp": {"179", "5473"}, "udp": {"4789", "51820-51821"}, "protocols": {"4"}},
+    "flannel": {"tcp": set(), "udp": {"8472"}, "protocols": set()},
+    "cilium": {"tcp": {"4240", "4244"}, "udp": {"8472", "6081", "51871"}, "protocols": set()},
+}
+
+
+def firewall(path: Path, cni: str = "calico") -> None:
     text = "\n".join(l for l in path.read_text().splitlines() if not l.lstrip().startswith("#"))
     check("flush ruleset" not in text, f"{path.name}: must not flush the whole ruleset (kube-proxy/CNI tables)")
     check(re.search(r"hook input priority filter; policy drop;", text) is not None, f"{path.name}: input policy must be drop")
@@ -109,11 +119,18 @@ def firewall(path: Path) -> None:
     udp = re.search(r"set udp_ports \{.*?elements = \{([^}]*)\}", text, re.S)
     tcp_ports = {p.strip() for p in (tcp.group(1) if tcp else "").split(",")}
     udp_ports = {p.strip() for p in (udp.group(1) if udp else "").split(",")}
-    for port in ("22", "6443", "10250", "179", "2379-2380", "10257", "10259", "5473", "30000-32767"):
-        check(port in tcp_ports, f"{path.name}: TCP {port} must be open")
-    for port in ("4789", "51820-51821", "30000-32767"):
-        check(port in udp_ports, f"{path.name}: UDP {port} must be open")
-    check(re.search(r"meta l4proto 4 accept", text) is not None, f"{path.name}: IP-in-IP (protocol 4) must be accepted")
+    for port in ("22", "6443", "10250", "2379-2380", "10257", "10259", "30000-32767") + tuple(CNI_PORTS[cni]["tcp"]):
+        check(port in tcp_ports, f"{path.name}: TCP {port} must be open ({cni})")
+    for port in ("30000-32767",) + tuple(CNI_PORTS[cni]["udp"]):
+        check(port in udp_ports, f"{path.name}: UDP {port} must be open ({cni})")
+    # Another CNI's overlay port stays closed: the choice is explicit.
+    for other, ports in CNI_PORTS.items():
+        for port in ports["udp"] - CNI_PORTS[cni]["udp"]:
+            check(port not in udp_ports, f"{path.name}: UDP {port} ({other}) must be closed for {cni}")
+        for port in ports["tcp"] - CNI_PORTS[cni]["tcp"]:
+            check(port not in tcp_ports, f"{path.name}: TCP {port} ({other}) must be closed for {cni}")
+    ipip = re.search(r"meta l4proto 4 accept", text) is not None
+    check(ipip == ("4" in CNI_PORTS[cni]["protocols"]), f"{path.name}: IP-in-IP (protocol 4) accepted={ipip}, wrong for {cni}")
     for iface in ("cali*", "tunl*", "vxlan.calico"):
         check(f'iifname "{iface}" accept' in text, f"{path.name}: traffic from {iface} must be accepted")
     nft = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if Path(p).exists()), None)
@@ -179,6 +196,8 @@ CHECKS = {
     "kubelet.env": kubelet_env,
     "kubernetes.repo": repo,
     "firewall.nft": firewall,
+    "firewall-flannel.nft": lambda p: firewall(p, "flannel"),
+    "firewall-cilium.nft": lambda p: firewall(p, "cilium"),
     "sysctl.conf": sysctl,
     "modules-load.conf": modules,
     "cloud-init-datasources.cfg": cloud_init,
@@ -204,8 +223,13 @@ def main() -> int:
         except Exception as e:  # a parse error is a failed check, with its cause
             failures.append(f"{name}: cannot parse: {type(e).__name__}: {e}")
     images = json.loads((Path(__file__).resolve().parent.parent / "files" / "images.json").read_text())
-    check(isinstance(images.get("images"), list) and all(isinstance(i, str) and ":" in i for i in images["images"]),
-          "files/images.json: images must be a list of tagged references")
+    def tagged(lst) -> bool:
+        return isinstance(lst, list) and all(isinstance(i, str) and re.search(r":[\w.-]+$", i) for i in lst)
+    check(tagged(images.get("images")), "files/images.json: images must be a list of tagged references")
+    cni = images.get("cni") if isinstance(images.get("cni"), dict) else {}
+    check(set(cni) == set(CNI_PORTS), f"files/images.json: cni must have one list per CNI {sorted(CNI_PORTS)}, has {sorted(cni)}")
+    for name, lst in cni.items():
+        check(tagged(lst) and len(lst) > 0, f"files/images.json: cni.{name} must be a non-empty list of tagged references")
     for f in failures:
         print(f"render_check: FAIL {f}")
     print(f"render_check: {len(CHECKS) + 1 - len({f.split(':')[0] for f in failures})}/{len(CHECKS) + 1} files OK,"
