@@ -660,3 +660,137 @@ fn kib_and_cosign_verify_what_cosign_signs_with_a_kib_made_key() {
     assert_cosign_verifies(&home, &keys.public, &image, &digest);
     assert_cosign_rejects(&home, &other.public, &image);
 }
+
+/// A SLSA v0.2 provenance predicate of a release build (the shape cosign's
+/// `--type slsaprovenance` parses: `in_toto.ProvenanceStatementSLSA02`). kib does not write
+/// one yet; this stands in for what the release would attest, to show the signing and
+/// verification path carries it.
+const PROVENANCE: &str = r#"{
+  "builder": {"id": "https://example.invalid/kib/.github/workflows/release.yml@refs/tags/v1.0.0"},
+  "buildType": "https://example.invalid/kib/release@v1",
+  "invocation": {
+    "configSource": {
+      "uri": "git+https://example.invalid/kib@refs/tags/v1.0.0",
+      "digest": {"sha1": "0123456789abcdef0123456789abcdef01234567"},
+      "entryPoint": ".github/workflows/release.yml"
+    },
+    "parameters": {"kubernetes": "1.36"}
+  },
+  "metadata": {
+    "buildStartedOn": "2026-11-30T00:00:00Z",
+    "buildFinishedOn": "2026-11-30T01:00:00Z",
+    "completeness": {"parameters": true, "environment": false, "materials": true},
+    "reproducible": false
+  },
+  "materials": [
+    {"uri": "https://dl.rockylinux.org/pub/rocky/10/images/x86_64/Rocky-10-GenericCloud-Base.latest.x86_64.qcow2",
+     "digest": {"sha256": "5f1cbd8e7a2cd6c0e0e40a1d1d1f6a4b3d0f9d0b8c2a9f7e6d5c4b3a29180706"}}
+  ]
+}"#;
+
+/// An image carries an SBOM and a provenance attestation, both signed by kib (`kib publish
+/// --attest-predicate` for the SBOM, `kib sign --predicate --type slsaprovenance` adds the
+/// provenance next to it), and cosign verifies each by its type.
+#[test]
+fn cosign_verifies_a_provenance_attestation_next_to_the_sbom() {
+    let fx = Fixture::new();
+    let home = fx.home();
+    let keys = generate_key_pair(&fx.sub("kib-keys"));
+    let other = cosign_key_pair(&home, &fx.sub("other-keys"));
+    let sbom = write_sbom(fx.dir.path());
+    let provenance = fx.dir.path().join("provenance.json");
+    fs_err::write(&provenance, PROVENANCE).unwrap();
+    let disk = qcow2(&fx.sub("disk"));
+    let out = kib(
+        &[
+            "publish",
+            "--image",
+            &fx.repo,
+            "--qcow2",
+            path(&disk),
+            "--kubernetes-version",
+            "v1.36.1",
+            "--git-dir",
+            path(fx.dir.path()),
+            "--tag-untagged",
+            "{k8s_version}-test",
+            "--sign-key",
+            path(&keys.key),
+            "--attest-predicate",
+            path(&sbom),
+            "--attest-type",
+            "spdxjson",
+            "--output-format",
+            "json",
+        ],
+        Some(PASSWORD),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = doc["digest"].as_str().unwrap().to_owned();
+    let by_digest = format!("{}@{digest}", fx.repo);
+    assert_cosign_finds_no_attestation(&home, &keys.public, &by_digest, "slsaprovenance");
+
+    let out = kib(
+        &[
+            "sign",
+            "--key",
+            path(&keys.key),
+            &by_digest,
+            "--predicate",
+            path(&provenance),
+            "--type",
+            "slsaprovenance",
+        ],
+        Some(PASSWORD),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let statements = cosign_verify_attestation(&home, &keys.public, &by_digest, "slsaprovenance");
+    let statement = statement_for(&statements, "https://slsa.dev/provenance/v0.2", &digest);
+    let expected: Value = serde_json::from_str(PROVENANCE).unwrap();
+    assert_eq!(
+        statement["predicate"], expected,
+        "the provenance as attested"
+    );
+    // The SBOM attested at publish time is still there and still verifies.
+    let statements = cosign_verify_attestation(&home, &keys.public, &by_digest, "spdxjson");
+    statement_for(&statements, "https://spdx.dev/Document", &digest);
+    assert_cosign_finds_no_attestation(&home, &keys.public, &by_digest, "slsaprovenance1");
+    let out = cosign(
+        &home,
+        &[
+            "verify-attestation",
+            "--key",
+            path(&other.public),
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry",
+            "--type",
+            "slsaprovenance",
+            &by_digest,
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "cosign verify-attestation accepted a provenance the key did not make"
+    );
+
+    // kib verifies the provenance attestation too.
+    let out = kib(
+        &[
+            "verify",
+            "--key",
+            path(&keys.public),
+            &by_digest,
+            "--attestation-type",
+            "slsaprovenance",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["attestations"]["verified"], true);
+}
