@@ -481,6 +481,57 @@ fn release_workflow_runs_the_pipeline_with_flags_kib_has() {
     assert!(runs.iter().any(|r| r.trim() == "bash scripts/test.sh"));
 }
 
+/// The `sh` blocks of docs/RELEASING.md.
+fn docs_shell_blocks() -> Vec<String> {
+    let text = fs_err::read_to_string(repo_file("docs/RELEASING.md")).unwrap();
+    text.split("```sh\n")
+        .skip(1)
+        .map(|b| b.split_once("```").unwrap().0.to_owned())
+        .collect()
+}
+
+#[test]
+fn releasing_docs_commands_use_flags_kib_has() {
+    let calls: Vec<(String, Vec<String>)> = docs_shell_blocks()
+        .iter()
+        .flat_map(|b| kib_invocations(b))
+        .collect();
+    let subs: Vec<&str> = calls.iter().map(|(sub, _)| sub.as_str()).collect();
+    for expected in [
+        "generate-key-pair",
+        "build",
+        "publish",
+        "conformance",
+        "verify",
+    ] {
+        assert!(
+            subs.contains(&expected),
+            "the docs show `kib {expected}`: {subs:?}"
+        );
+    }
+    for (sub, words) in &calls {
+        let help = help(sub);
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            let flag = flag.split('=').next().unwrap();
+            assert!(
+                help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                "docs/RELEASING.md passes `kib {sub} {flag}`, which `kib {sub} --help` does not list"
+            );
+        }
+    }
+    // The cluster profile by hand runs on a digest pushed without tags, as the workflow does.
+    let conformance = calls
+        .iter()
+        .find(|(sub, w)| sub == "conformance" && w.iter().any(|x| x == "cluster"))
+        .expect("the docs run the cluster profile");
+    assert!(conformance.1[0].contains("@sha256:"), "{conformance:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|(sub, w)| sub == "publish" && w.iter().any(|x| x == "--no-tags"))
+    );
+}
+
 /// `NAME=value` in a shell script.
 fn shell_var<'a>(script: &'a str, name: &str) -> &'a str {
     script
