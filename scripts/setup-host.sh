@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kib needs on a Debian 12 (bookworm) or Ubuntu host: QEMU, the tools the
-# tests use as independent checkers (skopeo, openssl, cosign, a local OCI registry), the tools that
-# build the offline fixture image, and ansible-core. One script for the README, `.ci/run` and
-# the release workflow, so that the three cannot drift apart.
+# tests use as independent checkers (skopeo, openssl, cosign, a local OCI registry), the tools
+# that build the offline fixture image, and ansible-core. One script for the README, `.ci/run`
+# and the release workflow, so that the three cannot drift apart.
 #
 # Usage: sudo scripts/setup-host.sh            # host packages + ansible-core
 #        KIB_SETUP_TEST_TOOLS=0 scripts/setup-host.sh   # skip the test-only tools
