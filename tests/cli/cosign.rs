@@ -2,13 +2,15 @@
 //! `scripts/setup-host.sh`), on a real local registry: `cosign verify` and
 //! `cosign verify-attestation` accept what `kib publish --sign-key` and `kib sign` sign;
 //! `kib verify` accepts what `cosign sign` and `cosign attest` sign; a key pair made by either
-//! tool signs for the other. Every case also checks that the verifier rejects a wrong key, so
-//! a verifier that accepted anything would fail here.
+//! tool signs for the other; `cosign verify-attestation --type slsaprovenance` accepts a
+//! provenance kib attests next to the SBOM. Every case also checks that the verifier rejects
+//! a wrong key, so a verifier that accepted anything would fail here.
 //!
 //! cosign runs with `--tlog-upload=false` / `--insecure-ignore-tlog=true` (key-based signing
 //! without Rekor, as kib signs), a private `HOME` and `DOCKER_CONFIG` (no host credentials,
 //! no writes to the host's `~/.sigstore`) and `--allow-http-registry` (the test registry is
-//! plain HTTP on 127.0.0.1).
+//! plain HTTP on 127.0.0.1; cosign 2.5 already falls back to HTTP for loopback addresses, the
+//! flag says so explicitly).
 //!
 //! Run with: `cargo test --features test-registry --test cli cosign -- --test-threads=1`
 #![cfg(feature = "test-registry")]
