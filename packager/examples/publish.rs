@@ -62,6 +62,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 },
                 options: RegistryOptions::default(),
                 retry: RetryPolicy::default(),
+                cache: None,
+                disk_sha256: None,
             };
             let o = publish(&req, Arc::new(NullReporter)).await?;
             writeln!(

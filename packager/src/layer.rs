@@ -266,6 +266,137 @@ pub fn write_layer<W: Write>(
     })
 }
 
+/// The identity of a disk file as the layer cache knows it: where it is, which inode, its size,
+/// its modification and change times, and the sha256 the build recorded for it, plus what else
+/// decides the layer's bytes (compression and the entries' mtime). The change time (`ctime`)
+/// cannot be set by a user, so a file rewritten in place and `touch`ed back never matches.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerKey {
+    /// The canonical path of the disk.
+    pub path: PathBuf,
+    /// Device and inode.
+    pub dev: u64,
+    /// Inode number.
+    pub inode: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+    /// `sha256:<hex>` of the disk as the build manifest records it, if known.
+    pub content_sha256: Option<String>,
+    /// The layer compression.
+    pub compression: String,
+    /// The mtime of the tar entries.
+    pub entry_mtime: u64,
+}
+
+impl LayerKey {
+    /// The identity of `spec.disk` now.
+    pub fn of(spec: &LayerSpec, content_sha256: Option<&str>) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = fs_err::canonicalize(&spec.disk)?;
+        let m = fs_err::metadata(&path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(Self {
+            path,
+            dev: m.dev(),
+            inode: m.ino(),
+            size: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            content_sha256: content_sha256.map(|s| {
+                if s.starts_with("sha256:") {
+                    s.to_owned()
+                } else {
+                    format!("sha256:{s}")
+                }
+            }),
+            compression: spec.compression.as_str().to_owned(),
+            entry_mtime: spec.mtime,
+        })
+    }
+
+    fn file_name(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!("{}.json", hex::encode(Sha256::digest(&json)))
+    }
+}
+
+/// Layer digests remembered between runs, one small JSON file per [`LayerKey`] (e.g. under
+/// `$XDG_CACHE_HOME/kib/layers`). A remembered digest is only a claim: the publisher trusts it
+/// only after the registry confirms it has that blob (HEAD), and streams the layer otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerCache {
+    dir: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheEntry {
+    key: LayerKey,
+    digest: String,
+    size: u64,
+    diff_id: String,
+    disk_size: u64,
+}
+
+impl LayerCache {
+    /// A cache in `dir` (created on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// `$XDG_CACHE_HOME/kib/layers`, else `$HOME/.cache/kib/layers` (the XDG base directory
+    /// default); `None` if neither variable is set.
+    pub fn default_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty() && std::path::Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(|h| PathBuf::from(h).join(".cache"))
+            })?;
+        Some(base.join("kib").join("layers"))
+    }
+
+    /// The folder the entries live in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The digests remembered for `key`, if any (an unreadable entry is no entry).
+    pub fn get(&self, key: &LayerKey) -> Option<LayerDigests> {
+        let bytes = fs_err::read(self.dir.join(key.file_name())).ok()?;
+        let e: CacheEntry = serde_json::from_slice(&bytes).ok()?;
+        (e.key == *key).then_some(LayerDigests {
+            digest: e.digest,
+            size: e.size,
+            diff_id: e.diff_id,
+            disk_size: e.disk_size,
+        })
+    }
+
+    /// Remembers `digests` for `key`: written to a temporary file and renamed, so a reader
+    /// never sees half an entry.
+    pub fn put(&self, key: &LayerKey, digests: &LayerDigests) -> io::Result<()> {
+        fs_err::create_dir_all(&self.dir)?;
+        let entry = CacheEntry {
+            key: key.clone(),
+            digest: digests.digest.clone(),
+            size: digests.size,
+            diff_id: digests.diff_id.clone(),
+            disk_size: digests.disk_size,
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(&serde_json::to_vec(&entry).map_err(io::Error::other)?)?;
+        tmp.persist(self.dir.join(key.file_name()))
+            .map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
 fn zstd_encoder<W: Write>(w: W) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     let mut enc = zstd::stream::write::Encoder::new(w, ZSTD_LEVEL)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -599,6 +730,48 @@ mod tests {
         assert_eq!(z1, z2, "zstd layers must be deterministic too");
         let (_, c) = layer(&LayerSpec { mtime: 43, ..spec });
         assert_ne!(a.digest, c.digest);
+    }
+
+    #[test]
+    fn the_cache_remembers_a_file_until_it_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = disk(10_000);
+        let spec = LayerSpec::new(f.path(), 7, Compression::Gzip);
+        let cache = LayerCache::new(dir.path().join("layers"));
+        let key = LayerKey::of(&spec, Some("ab")).unwrap();
+        assert_eq!(key.content_sha256.as_deref(), Some("sha256:ab"));
+        assert_eq!(cache.get(&key), None);
+        let (_, d) = layer(&spec);
+        cache.put(&key, &d).unwrap();
+        assert_eq!(
+            cache.get(&LayerKey::of(&spec, Some("ab")).unwrap()),
+            Some(d.clone())
+        );
+        // Another build-manifest sha256, compression or entry mtime: another layer.
+        assert_eq!(cache.get(&LayerKey::of(&spec, Some("cd")).unwrap()), None);
+        let zstd = LayerSpec {
+            compression: Compression::Zstd,
+            ..spec.clone()
+        };
+        assert_eq!(cache.get(&LayerKey::of(&zstd, Some("ab")).unwrap()), None);
+        // The same bytes written again in place, mtime put back: the change time differs.
+        let before = fs_err::metadata(f.path()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs_err::write(f.path(), fs_err::read(f.path()).unwrap()).unwrap();
+        fs_err::File::options()
+            .write(true)
+            .open(f.path())
+            .unwrap()
+            .set_modified(before.modified().unwrap())
+            .unwrap();
+        let after = LayerKey::of(&spec, Some("ab")).unwrap();
+        assert_eq!(after.mtime_ns, key.mtime_ns);
+        assert_eq!(cache.get(&after), None);
+        // A corrupt entry is no entry.
+        for e in fs_err::read_dir(dir.path().join("layers")).unwrap() {
+            fs_err::write(e.unwrap().path(), "{").unwrap();
+        }
+        assert_eq!(cache.get(&key), None);
     }
 
     #[test]

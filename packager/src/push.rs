@@ -1,28 +1,41 @@
-//! `kib publish`: the streaming push of a containerDisk to an OCI registry.
+//! `kib publish`: the one-pass push of a containerDisk to an OCI registry.
 //!
-//! The order makes a failure harmless: the immutable tag is checked first (it must be absent or
-//! already point at the same image), then blobs (each skipped if a HEAD finds it), then the
-//! manifest *by digest*, then the immutable tag, then the moving tags. Until the last step no
-//! tag points anywhere new, so a failure never leaves a tag on a partial image.
+//! The order makes a failure harmless. [`push`] checks the immutable tag (absent, or already
+//! this image), uploads the blobs and stores the manifest *by digest*: a complete image that no
+//! tag points at. [`set_tags`] then sets the immutable tag and the moving ones. Between the two
+//! the caller signs and attests the digest (`kib publish --sign-key`), so a failure at any step
+//! leaves no new tag; [`publish`] is both steps with nothing between.
 //!
-//! The layer is produced twice from the qcow2, never held in memory: a first pass computes its
-//! digests (the manifest needs them before the upload), a second pass streams the same bytes
-//! into one monolithic PUT (oci-client's `push_blob_stream` with `use_monolithic_push`). Reading
-//! the file again from the page cache costs less than staging a compressed copy on disk (see
-//! `packager/README.md`). A transient error (connection, 408/429/5xx) restarts the upload
-//! session from scratch and streams again; the registry checks the digest, so a retried upload
-//! can never store a corrupt blob. Permanent errors (401/403/404, bad names) stop at once.
+//! The layer is read once: a producer thread writes the tar, compresses and hashes it (layer
+//! digest and diff_id) into a bounded channel (4 x 1 MiB) that is the body of one streamed
+//! `PATCH` of an upload session (`POST`, `PATCH`, then `PUT ?digest=` once the digest is
+//! known), the way docker's own client pushes (distribution `registry/client/blob_writer.go`,
+//! `ReadFrom`: a `PATCH` without `Content-Range`). oci-client 0.18 cannot do this:
+//! `push_blob_stream` needs the digest before the first byte, and `push_blob_stream_chunked`
+//! (digest at the end) sends one `PATCH` per stream item of at most 4 MiB, 256 requests per GiB.
+//! So these three requests are made here, with oci-client's token for authentication; every
+//! other registry call goes through oci-client.
+//!
+//! A re-publish of the same qcow2 still uploads nothing: the layer's digests are remembered for
+//! the file's identity ([`LayerCache`]), and trusted only once a `HEAD` finds that blob in the
+//! registry. When the immutable tag already exists and nothing is remembered, the layer is
+//! hashed first, so that a different image is refused before minutes of upload.
+//!
+//! A transient error (connection, 408/429/5xx) restarts the upload session from scratch and
+//! streams again; the registry checks the digest, so a retried upload can never store a corrupt
+//! blob. Permanent errors (401/403/404, bad names) stop at once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio::sync::mpsc;
 
 use crate::image::{ImageMetadata, MANIFEST_MEDIA_TYPE, PreparedImage, prepare};
-use crate::layer::{LayerDigests, LayerError, LayerSpec, write_layer};
+use crate::layer::{LayerCache, LayerDigests, LayerError, LayerKey, LayerSpec, write_layer};
 use crate::registry::{
     self, AuthError, RegistryOptions, http_status, is_transient, is_unreachable,
 };
@@ -65,6 +78,30 @@ pub struct PublishRequest {
     pub options: RegistryOptions,
     /// Retries of transient errors.
     pub retry: RetryPolicy,
+    /// Where the layer's digests are remembered between runs; `None`: never remembered.
+    pub cache: Option<LayerCache>,
+    /// `sha256:<hex>` of the qcow2 as the build manifest records it: part of the file's
+    /// identity in the cache.
+    pub disk_sha256: Option<String>,
+}
+
+/// An image stored by digest, not tagged yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// `registry/repository@sha256:<hex>`.
+    pub reference: String,
+    /// The manifest bytes (what the tags are set to).
+    pub manifest: Vec<u8>,
+    /// Blobs sent.
+    pub uploaded: Vec<String>,
+    /// Blobs the registry already had.
+    pub skipped: Vec<String>,
+    /// Bytes of blob data sent (retried bytes counted once per attempt).
+    pub bytes_sent: u64,
+    /// The layer's digests.
+    pub layer: LayerDigests,
 }
 
 /// What a publish did.
@@ -124,6 +161,15 @@ pub enum PublishError {
         /// The cause.
         #[source]
         source: LayerError,
+    },
+    /// The layer upload failed.
+    #[error("Failed to upload the layer to `{repository}`")]
+    LayerUpload {
+        /// The repository.
+        repository: String,
+        /// The cause.
+        #[source]
+        source: OciDistributionError,
     },
     /// The disk changed between the hash pass and the upload.
     #[error("The layer of `{}` came out as `{found}` on upload, but `{expected}` when hashed: the file changed while publishing", path.display())]
@@ -217,6 +263,7 @@ impl PublishError {
             | PublishError::TagCheck { source, .. }
             | PublishError::BlobCheck { source, .. }
             | PublishError::BlobUpload { source, .. }
+            | PublishError::LayerUpload { source, .. }
             | PublishError::Manifest { source, .. }
             | PublishError::SetTag { source, .. } => Some(source),
             _ => None,
@@ -269,7 +316,7 @@ impl PublishError {
     }
 }
 
-/// The layer's digests from a first streaming pass over the disk (nothing is sent).
+/// The layer's digests from a streaming pass over the disk that sends nothing.
 pub async fn hash_layer(
     spec: &LayerSpec,
     reporter: Arc<dyn Reporter>,
@@ -287,229 +334,529 @@ pub async fn hash_layer(
     .map_err(|source| PublishError::Layer { source })
 }
 
-/// Publishes the image. See the module docs for the order of operations.
+/// Pushes and tags the image: [`push`], then [`set_tags`].
 pub async fn publish(
     req: &PublishRequest,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishOutcome, PublishError> {
-    let repo = &req.repository;
-    let repository = format!("{}/{}", repo.registry(), repo.repository());
-    for tag in req.tags.all() {
-        if !is_valid_tag(&tag) {
-            return Err(PublishError::Tag {
-                repository,
-                source: TagError::Invalid { tag },
-            });
-        }
-    }
-    let registry_name = repo.resolve_registry().to_owned();
-    let auth = registry::auth(repo, &req.options).map_err(|source| PublishError::Auth {
-        registry: registry_name.clone(),
-        source,
-    })?;
-    let client = registry::client(repo, &req.options);
-    let http = registry::uses_http(repo, &req.options);
-    let retry = Retry {
-        policy: req.retry,
-        reporter: reporter.as_ref(),
-    };
-    let tag_ref = |tag: &str| {
-        Reference::with_tag(
-            repo.registry().to_owned(),
-            repo.repository().to_owned(),
-            tag.to_owned(),
-        )
-    };
+    let pushed = push(req, reporter.clone()).await?;
+    let tags = set_tags(req, &pushed, reporter).await?;
+    Ok(PublishOutcome {
+        digest: pushed.digest,
+        reference: pushed.reference,
+        tags,
+        uploaded: pushed.uploaded,
+        skipped: pushed.skipped,
+        bytes_sent: pushed.bytes_sent,
+        layer: pushed.layer,
+    })
+}
 
-    let immutable_ref = tag_ref(&req.tags.immutable);
-    retry
-        .run("connect", || {
-            client.auth(&immutable_ref, &auth, RegistryOperation::Push)
-        })
-        .await
-        .map_err(|source| PublishError::Connect {
+/// A connection to the repository: oci-client for the registry calls, plus the plain HTTP
+/// client of the streamed layer upload (the same TLS and HTTP choices).
+struct Session<'a> {
+    req: &'a PublishRequest,
+    client: Client,
+    auth: RegistryAuth,
+    http: reqwest::Client,
+    scheme: &'static str,
+    /// `registry/repository`, for messages.
+    repository: String,
+    retry: Retry<'a>,
+}
+
+impl<'a> Session<'a> {
+    async fn open(
+        req: &'a PublishRequest,
+        reporter: &'a dyn Reporter,
+    ) -> Result<Self, PublishError> {
+        let repo = &req.repository;
+        let repository = format!("{}/{}", repo.registry(), repo.repository());
+        for tag in req.tags.all() {
+            if !is_valid_tag(&tag) {
+                return Err(PublishError::Tag {
+                    repository,
+                    source: TagError::Invalid { tag },
+                });
+            }
+        }
+        let registry_name = repo.resolve_registry().to_owned();
+        let auth = registry::auth(repo, &req.options).map_err(|source| PublishError::Auth {
+            registry: registry_name.clone(),
+            source,
+        })?;
+        let client = registry::client(repo, &req.options);
+        let http = registry::uses_http(repo, &req.options);
+        let retry = Retry {
+            policy: req.retry,
+            reporter,
+        };
+        let connect_err = |source| PublishError::Connect {
             registry: registry_name.clone(),
             http,
             source,
-        })?;
+        };
+        let immutable = tag_ref(repo, &req.tags.immutable);
+        retry
+            .run("connect", || {
+                client.auth(&immutable, &auth, RegistryOperation::Push)
+            })
+            .await
+            .map_err(connect_err)?;
+        // The same choices as `registry::client`: plain HTTP for loopback or `--insecure`,
+        // unverified TLS only with `--insecure`.
+        let http_client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(req.options.insecure)
+            .connect_timeout(Duration::from_secs(15))
+            .user_agent(concat!("kib/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| connect_err(OciDistributionError::RequestError(e)))?;
+        Ok(Self {
+            req,
+            client,
+            auth,
+            http: http_client,
+            scheme: if http { "http" } else { "https" },
+            repository,
+            retry,
+        })
+    }
 
-    let layer = hash_layer(&req.layer, reporter.clone()).await?;
+    fn repo(&self) -> &Reference {
+        &self.req.repository
+    }
+
+    /// The digest the immutable tag points at now, if it exists.
+    async fn immutable_tag(&self) -> Result<Option<String>, PublishError> {
+        let r = tag_ref(self.repo(), &self.req.tags.immutable);
+        self.retry
+            .run("check tag", || async {
+                match self.client.fetch_manifest_digest(&r, &self.auth).await {
+                    Ok(d) => Ok(Some(d)),
+                    Err(e) if http_status(&e) == Some(404) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|source| PublishError::TagCheck {
+                reference: r.whole(),
+                source,
+            })
+    }
+
+    async fn blob_present(&self, digest: &str) -> Result<bool, PublishError> {
+        self.retry
+            .run("check blob", || {
+                self.client.blob_exists(self.repo(), digest)
+            })
+            .await
+            .map_err(|source| PublishError::BlobCheck {
+                digest: digest.into(),
+                repository: self.repository.clone(),
+                source,
+            })
+    }
+
+    /// `Authorization` for the upload requests: oci-client's bearer token if the registry
+    /// uses tokens, else basic credentials once the registry asked for them (`basic`).
+    async fn authorization(&self, basic: bool) -> Result<Option<String>, OciDistributionError> {
+        if let Some(token) = self
+            .client
+            .auth(self.repo(), &self.auth, RegistryOperation::Push)
+            .await?
+        {
+            return Ok(Some(format!("Bearer {token}")));
+        }
+        match &self.auth {
+            RegistryAuth::Basic(user, password) if basic => {
+                use base64::Engine as _;
+                let pair =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                Ok(Some(format!("Basic {pair}")))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// An absolute URL for a `Location` header; whether credentials may go there (only to the
+    /// registry itself, never over a downgraded scheme: CVE-2020-15157).
+    fn resolve_location(
+        &self,
+        location: &str,
+    ) -> Result<(reqwest::Url, bool), OciDistributionError> {
+        let registry = self.repo().resolve_registry();
+        let base = reqwest::Url::parse(&format!("{}://{registry}/", self.scheme))
+            .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
+        let url = base
+            .join(location)
+            .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
+        let same = url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default()
+            && !(base.scheme() == "https" && url.scheme() != "https");
+        Ok((url, same))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: reqwest::Url,
+        authorization: Option<&str>,
+        body: Option<reqwest::Body>,
+        expected: u16,
+    ) -> Result<reqwest::Response, OciDistributionError> {
+        let mut rb = self.http.request(method, url);
+        if let Some(a) = authorization {
+            rb = rb.header(http::header::AUTHORIZATION, a);
+        }
+        rb = match body {
+            Some(b) => rb
+                .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                .body(b),
+            None => rb.header(http::header::CONTENT_LENGTH, 0),
+        };
+        let res = rb.send().await?;
+        if res.status().as_u16() == expected {
+            return Ok(res);
+        }
+        let url = res.url().to_string();
+        let code = res.status().as_u16();
+        let mut message = res.text().await.unwrap_or_default();
+        message.truncate(1024);
+        Err(OciDistributionError::ServerError { url, code, message })
+    }
+
+    fn location(
+        &self,
+        res: &reqwest::Response,
+    ) -> Result<(reqwest::Url, bool), OciDistributionError> {
+        let location = res
+            .headers()
+            .get(http::header::LOCATION)
+            .ok_or(OciDistributionError::RegistryNoLocationError)?
+            .to_str()?;
+        self.resolve_location(location)
+    }
+
+    /// One upload session: `POST`, one streamed `PATCH` while a producer thread writes the
+    /// layer, then `PUT ?digest=`. Returns the layer's digests.
+    async fn upload_layer_once(
+        &self,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<LayerDigests, Attempt> {
+        let repo = self.repo();
+        let start = reqwest::Url::parse(&format!(
+            "{}://{}/v2/{}/blobs/uploads/",
+            self.scheme,
+            repo.resolve_registry(),
+            repo.repository()
+        ))
+        .map_err(|e| Attempt::Registry(OciDistributionError::UrlParseError(e.to_string())))?;
+        let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+        let spec = self.req.layer.clone();
+        let producer = tokio::task::spawn_blocking(move || {
+            let writer = ChannelWriter {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            };
+            write_layer(&spec, writer, &mut |n| reporter.on_bytes(n))
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let sent = async {
+            // Credentials only once asked for, as oci-client does (a bearer token is always
+            // sent: oci-client obtained it from the registry's challenge).
+            let mut basic = false;
+            let mut authz = self.authorization(basic).await?;
+            let res = match self
+                .send(
+                    reqwest::Method::POST,
+                    start.clone(),
+                    authz.as_deref(),
+                    None,
+                    202,
+                )
+                .await
+            {
+                Err(OciDistributionError::ServerError { code: 401, .. })
+                    if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
+                {
+                    basic = true;
+                    authz = self.authorization(basic).await?;
+                    self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
+                        .await?
+                }
+                other => other?,
+            };
+            let (url, ours) = self.location(&res)?;
+            let res = self
+                .send(
+                    reqwest::Method::PATCH,
+                    url,
+                    authz.as_deref().filter(|_| ours),
+                    Some(reqwest::Body::wrap_stream(stream)),
+                    202,
+                )
+                .await?;
+            let next = self.location(&res)?;
+            Ok::<_, OciDistributionError>((next, basic))
+        }
+        .await;
+        let produced = producer
+            .await
+            .map_err(|source| Attempt::Failed(PublishError::Task { source }))?;
+        let digests = match produced {
+            // The channel closed because the upload stopped: the upload's error tells why.
+            Err(LayerError::Write { source, .. })
+                if source.kind() == std::io::ErrorKind::BrokenPipe && sent.is_err() =>
+            {
+                return Err(Attempt::Registry(sent.err().unwrap_or(
+                    OciDistributionError::GenericError(Some("the upload stopped".into())),
+                )));
+            }
+            Err(source) => return Err(Attempt::Failed(PublishError::Layer { source })),
+            Ok(d) => d,
+        };
+        let ((mut url, ours), basic) = sent.map_err(Attempt::Registry)?;
+        url.query_pairs_mut().append_pair("digest", &digests.digest);
+        // A fresh token: a bearer token may have expired during a long upload.
+        let authz = self.authorization(basic).await.map_err(Attempt::Registry)?;
+        self.send(
+            reqwest::Method::PUT,
+            url,
+            authz.as_deref().filter(|_| ours),
+            None,
+            201,
+        )
+        .await
+        .map_err(Attempt::Registry)?;
+        Ok(digests)
+    }
+}
+
+fn tag_ref(repo: &Reference, tag: &str) -> Reference {
+    Reference::with_tag(
+        repo.registry().to_owned(),
+        repo.repository().to_owned(),
+        tag.to_owned(),
+    )
+}
+
+/// Uploads the blobs and stores the manifest by digest. No tag is set: see [`set_tags`].
+pub async fn push(
+    req: &PublishRequest,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Pushed, PublishError> {
+    let s = Session::open(req, reporter.as_ref()).await?;
+    let repo = s.repo();
+
+    // 1. The immutable tag must be new, or already this very image.
+    let existing = s.immutable_tag().await?;
+    let refuse = |image: &PreparedImage| match &existing {
+        Some(d) if *d != image.manifest_digest => Err(PublishError::TagExists {
+            reference: tag_ref(repo, &req.tags.immutable).whole(),
+            existing: d.clone(),
+            new: image.manifest_digest.clone(),
+        }),
+        _ => Ok(()),
+    };
+
+    // 2. The layer: remembered and confirmed, or streamed once.
+    let mut pushed = Pushed {
+        digest: String::new(),
+        reference: String::new(),
+        manifest: Vec::new(),
+        uploaded: Vec::new(),
+        skipped: Vec::new(),
+        bytes_sent: 0,
+        layer: LayerDigests {
+            digest: String::new(),
+            size: 0,
+            diff_id: String::new(),
+            disk_size: 0,
+        },
+    };
+    let key = req.cache.as_ref().and_then(|_| {
+        LayerKey::of(&req.layer, req.disk_sha256.as_deref())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot identify the disk; the layer cache is not used"))
+            .ok()
+    });
+    let remembered = match (&req.cache, &key) {
+        (Some(c), Some(k)) => c.get(k),
+        _ => None,
+    };
+    let mut layer = None;
+    if let Some(d) = &remembered {
+        tracing::debug!(digest = %d.digest, "layer digest remembered for this disk");
+        if s.blob_present(&d.digest).await? {
+            refuse(&prepare(d.clone(), req.layer.compression, &req.metadata))?;
+            reporter.on_blob_done(BlobKind::Layer, &d.digest, BlobOutcome::AlreadyPresent);
+            pushed.skipped.push(d.digest.clone());
+            layer = Some(d.clone());
+        }
+    }
+    if layer.is_none() && existing.is_some() {
+        // Not remembered but the tag exists: hash first, so that another image is refused
+        // before minutes of upload, and a re-publish after a lost cache uploads nothing.
+        let d = hash_layer(&req.layer, reporter.clone()).await?;
+        refuse(&prepare(d.clone(), req.layer.compression, &req.metadata))?;
+        if s.blob_present(&d.digest).await? {
+            reporter.on_blob_done(BlobKind::Layer, &d.digest, BlobOutcome::AlreadyPresent);
+            pushed.skipped.push(d.digest.clone());
+        } else {
+            let sent = upload_layer(&s, reporter.clone()).await?;
+            if sent.digest != d.digest {
+                return Err(PublishError::DiskChanged {
+                    path: req.layer.disk.clone(),
+                    expected: d.digest,
+                    found: sent.digest,
+                });
+            }
+            pushed.uploaded.push(sent.digest.clone());
+            pushed.bytes_sent += sent.size;
+        }
+        layer = Some(d);
+    }
+    let layer = match layer {
+        Some(d) => d,
+        None => {
+            let d = upload_layer(&s, reporter.clone()).await?;
+            pushed.uploaded.push(d.digest.clone());
+            pushed.bytes_sent += d.size;
+            d
+        }
+    };
+    if let (Some(cache), Some(k)) = (&req.cache, &key)
+        && remembered.as_ref() != Some(&layer)
+    {
+        // Only if the file is still what it was when the upload began.
+        match LayerKey::of(&req.layer, req.disk_sha256.as_deref()) {
+            Ok(now) if now == *k => {
+                if let Err(e) = cache.put(k, &layer) {
+                    tracing::warn!(error = %e, dir = %cache.dir().display(), "cannot remember the layer digest");
+                }
+            }
+            _ => tracing::warn!(
+                "the disk changed while it was published; its digest is not remembered"
+            ),
+        }
+    }
     let image = prepare(layer, req.layer.compression, &req.metadata);
+    refuse(&image)?;
+
+    // 3. The config, after a HEAD.
+    push_config(&s, &image, reporter.as_ref(), &mut pushed).await?;
+
+    // 4. The manifest by digest: a complete image, still untagged.
     let digest_ref = Reference::with_digest(
         repo.registry().to_owned(),
         repo.repository().to_owned(),
         image.manifest_digest.clone(),
     );
-
-    // 1. The immutable tag must be new, or already this very image.
-    let existing = retry.run("check tag", || async {
-        match client.fetch_manifest_digest(&immutable_ref, &auth).await {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if http_status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(e),
-        }
-    });
-    match existing.await.map_err(|source| PublishError::TagCheck {
-        reference: immutable_ref.whole(),
-        source,
-    })? {
-        Some(d) if d != image.manifest_digest => {
-            return Err(PublishError::TagExists {
-                reference: immutable_ref.whole(),
-                existing: d,
-                new: image.manifest_digest,
-            });
-        }
-        _ => {}
-    }
-
-    // 2. Blobs, each after a HEAD.
-    let mut outcome = PublishOutcome {
-        digest: image.manifest_digest.clone(),
-        reference: digest_ref.whole(),
-        tags: Vec::new(),
-        uploaded: Vec::new(),
-        skipped: Vec::new(),
-        bytes_sent: 0,
-        layer: image.layer.clone(),
-    };
-    push_layer(
-        &client,
-        repo,
-        &repository,
-        req,
-        &image,
-        &retry,
-        &reporter,
-        &mut outcome,
-    )
-    .await?;
-    push_config(
-        &client,
-        repo,
-        &repository,
-        &image,
-        &retry,
-        reporter.as_ref(),
-        &mut outcome,
-    )
-    .await?;
-
-    // 3. The manifest by digest: complete image, still untagged.
     let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
-    retry
+    s.retry
         .run("upload manifest", || {
-            client.push_manifest_raw(&digest_ref, image.manifest.clone(), content_type.clone())
+            s.client
+                .push_manifest_raw(&digest_ref, image.manifest.clone(), content_type.clone())
         })
         .await
         .map_err(|source| PublishError::Manifest {
             digest: image.manifest_digest.clone(),
-            repository: repository.clone(),
+            repository: s.repository.clone(),
             source,
         })?;
     reporter.on_manifest(&image.manifest_digest);
+    pushed.digest = image.manifest_digest.clone();
+    pushed.reference = digest_ref.whole();
+    pushed.manifest = image.manifest;
+    pushed.layer = image.layer;
+    Ok(pushed)
+}
 
-    // 4. Tags: immutable first, then the moving ones.
+/// Points the tags at a pushed image: the immutable tag first (checked again: it must still be
+/// absent or this image), then the moving ones. Returns the tags set.
+pub async fn set_tags(
+    req: &PublishRequest,
+    pushed: &Pushed,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<String>, PublishError> {
+    let s = Session::open(req, reporter.as_ref()).await?;
+    let repo = s.repo();
+    if let Some(d) = s.immutable_tag().await?
+        && d != pushed.digest
+    {
+        return Err(PublishError::TagExists {
+            reference: tag_ref(repo, &req.tags.immutable).whole(),
+            existing: d,
+            new: pushed.digest.clone(),
+        });
+    }
+    let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
+    let mut done = Vec::new();
     for tag in req.tags.all() {
-        let r = tag_ref(&tag);
-        retry
+        let r = tag_ref(repo, &tag);
+        s.retry
             .run("set tag", || {
-                client.push_manifest_raw(&r, image.manifest.clone(), content_type.clone())
+                s.client
+                    .push_manifest_raw(&r, pushed.manifest.clone(), content_type.clone())
             })
             .await
             .map_err(|source| PublishError::SetTag {
                 reference: r.whole(),
-                done: outcome.tags.clone(),
+                done: done.clone(),
                 source,
             })?;
         reporter.on_tag(&tag);
-        outcome.tags.push(tag);
+        done.push(tag);
     }
-    Ok(outcome)
+    Ok(done)
 }
 
-async fn blob_present(
-    client: &Client,
-    repo: &Reference,
-    repository: &str,
-    digest: &str,
-    retry: &Retry<'_>,
-) -> Result<bool, PublishError> {
-    retry
-        .run("check blob", || client.blob_exists(repo, digest))
-        .await
-        .map_err(|source| PublishError::BlobCheck {
-            digest: digest.into(),
-            repository: repository.into(),
-            source,
-        })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn push_layer(
-    client: &Client,
-    repo: &Reference,
-    repository: &str,
-    req: &PublishRequest,
-    image: &PreparedImage,
-    retry: &Retry<'_>,
-    reporter: &Arc<dyn Reporter>,
-    outcome: &mut PublishOutcome,
-) -> Result<(), PublishError> {
-    let layer = &image.layer;
-    if blob_present(client, repo, repository, &layer.digest, retry).await? {
-        reporter.on_blob_done(BlobKind::Layer, &layer.digest, BlobOutcome::AlreadyPresent);
-        outcome.skipped.push(layer.digest.clone());
-        return Ok(());
-    }
+/// Streams the layer, restarting the session after transient errors.
+async fn upload_layer(
+    s: &Session<'_>,
+    reporter: Arc<dyn Reporter>,
+) -> Result<LayerDigests, PublishError> {
+    let disk_size = fs_err::metadata(&s.req.layer.disk)
+        .map(|m| m.len())
+        .unwrap_or(0);
     let mut attempt = 1;
     loop {
-        reporter.on_blob_start(
-            BlobKind::Layer,
-            Phase::Upload,
-            Some(&layer.digest),
-            layer.disk_size,
-        );
-        match upload_layer_once(client, repo, &req.layer, layer, reporter.clone()).await {
-            Ok(sent) => {
-                outcome.bytes_sent += sent;
-                break;
+        reporter.on_blob_start(BlobKind::Layer, Phase::Upload, None, disk_size);
+        match s.upload_layer_once(reporter.clone()).await {
+            Ok(d) => {
+                reporter.on_blob_done(BlobKind::Layer, &d.digest, BlobOutcome::Done);
+                return Ok(d);
             }
-            Err(Attempt::Registry(e)) if is_transient(&e) && attempt < retry.policy.attempts => {
-                let wait = retry.delay(attempt);
-                tracing::warn!(digest = %layer.digest, attempt, ?wait, error = %e, "layer upload failed; restarting the upload session");
+            Err(Attempt::Registry(e)) if is_transient(&e) && attempt < s.retry.policy.attempts => {
+                let wait = s.retry.delay(attempt);
+                tracing::warn!(attempt, ?wait, error = %e, "layer upload failed; restarting the upload session");
                 reporter.on_retry("upload layer", attempt, wait, &e);
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             Err(Attempt::Registry(source)) => {
-                return Err(PublishError::BlobUpload {
-                    digest: layer.digest.clone(),
-                    repository: repository.into(),
+                return Err(PublishError::LayerUpload {
+                    repository: s.repository.clone(),
                     source,
                 });
             }
             Err(Attempt::Failed(e)) => return Err(e),
         }
     }
-    reporter.on_blob_done(BlobKind::Layer, &layer.digest, BlobOutcome::Done);
-    outcome.uploaded.push(layer.digest.clone());
-    Ok(())
 }
 
 async fn push_config(
-    client: &Client,
-    repo: &Reference,
-    repository: &str,
+    s: &Session<'_>,
     image: &PreparedImage,
-    retry: &Retry<'_>,
     reporter: &dyn Reporter,
-    outcome: &mut PublishOutcome,
+    pushed: &mut Pushed,
 ) -> Result<(), PublishError> {
     let digest = &image.config_descriptor.digest;
-    if blob_present(client, repo, repository, digest, retry).await? {
+    if s.blob_present(digest).await? {
         reporter.on_blob_done(BlobKind::Config, digest, BlobOutcome::AlreadyPresent);
-        outcome.skipped.push(digest.clone());
+        pushed.skipped.push(digest.clone());
         return Ok(());
     }
     reporter.on_blob_start(
@@ -518,20 +865,20 @@ async fn push_config(
         Some(digest),
         image.config.len() as u64,
     );
-    retry
+    s.retry
         .run("upload config", || {
-            client.push_blob(repo, image.config.clone(), digest)
+            s.client.push_blob(s.repo(), image.config.clone(), digest)
         })
         .await
         .map_err(|source| PublishError::BlobUpload {
             digest: digest.clone(),
-            repository: repository.into(),
+            repository: s.repository.clone(),
             source,
         })?;
     reporter.on_bytes(image.config.len() as u64);
     reporter.on_blob_done(BlobKind::Config, digest, BlobOutcome::Done);
-    outcome.uploaded.push(digest.clone());
-    outcome.bytes_sent += image.config.len() as u64;
+    pushed.uploaded.push(digest.clone());
+    pushed.bytes_sent += image.config.len() as u64;
     Ok(())
 }
 
@@ -540,55 +887,11 @@ enum Attempt {
     Failed(PublishError),
 }
 
-/// One upload session: a producer thread writes the layer into a bounded channel (4 × 1 MiB),
-/// which is the body of one streamed PUT. Returns the bytes sent.
-async fn upload_layer_once(
-    client: &Client,
-    repo: &Reference,
-    spec: &LayerSpec,
-    expected: &LayerDigests,
-    reporter: Arc<dyn Reporter>,
-) -> Result<u64, Attempt> {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, OciDistributionError>>(4);
-    let spec_owned = spec.clone();
-    let producer = tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        };
-        write_layer(&spec_owned, writer, &mut |n| reporter.on_bytes(n))
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    let result = client
-        .push_blob_stream(repo, stream, &expected.digest, Some(expected.size))
-        .await;
-    let produced = producer
-        .await
-        .map_err(|source| Attempt::Failed(PublishError::Task { source }))?;
-    match produced {
-        // The channel closed because the upload stopped: the upload's error tells why.
-        Err(LayerError::Write { source, .. })
-            if source.kind() == std::io::ErrorKind::BrokenPipe && result.is_err() => {}
-        Err(source) => return Err(Attempt::Failed(PublishError::Layer { source })),
-        Ok(d) if d.digest != expected.digest => {
-            return Err(Attempt::Failed(PublishError::DiskChanged {
-                path: spec.disk.clone(),
-                expected: expected.digest.clone(),
-                found: d.digest,
-            }));
-        }
-        Ok(_) => {}
-    }
-    result.map(|_| expected.size).map_err(Attempt::Registry)
-}
-
 const CHUNK: usize = 1 << 20;
 
 /// Sends 1 MiB chunks into the upload stream; fails with `BrokenPipe` once the upload stopped.
 struct ChannelWriter {
-    tx: mpsc::Sender<Result<Bytes, OciDistributionError>>,
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
 }
 

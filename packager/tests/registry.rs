@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use common::*;
 use kib_packager::image::ImageMetadata;
+use kib_packager::layer::LayerCache;
 use kib_packager::layer::{Compression, LayerSpec};
-use kib_packager::push::{PublishError, PublishRequest, RetryPolicy, publish};
+use kib_packager::push::{PublishError, PublishRequest, RetryPolicy, publish, push, set_tags};
 use kib_packager::registry::{RegistryOptions, Secret};
 use kib_packager::tags::Tags;
-use kib_packager::{NullReporter, Phase, Reporter};
+use kib_packager::{BlobKind, BlobOutcome, NullReporter, Phase, Reporter};
 
 const MTIME: u64 = 1_790_000_000;
 
@@ -53,6 +54,8 @@ fn request(
             initial_delay: Duration::from_millis(100),
             max_delay: Duration::from_millis(400),
         },
+        cache: None,
+        disk_sha256: None,
     }
 }
 
@@ -180,13 +183,14 @@ fn publish_gzip_checked_by_skopeo_cdi_and_qemu_img_then_republish_uploads_nothin
     let work = tempfile::tempdir().unwrap();
     let disk = make_qcow2(work.path(), "node", 24, 256, 1);
     let rt = rt();
-    let req = request(
+    let mut req = request(
         &registry.host(),
         &disk,
         Compression::Gzip,
         "v0.1.0",
         &["v1.37.1", "v1.37"],
     );
+    req.cache = Some(LayerCache::new(work.path().join("cache")));
     let first = rt.block_on(publish(&req, Arc::new(NullReporter))).unwrap();
     assert_eq!(first.tags, ["v0.1.0", "v1.37.1", "v1.37"]);
     assert_eq!(first.uploaded.len(), 2, "{first:?}");
@@ -203,12 +207,140 @@ fn publish_gzip_checked_by_skopeo_cdi_and_qemu_img_then_republish_uploads_nothin
         "application/vnd.oci.image.layer.v1.tar+gzip"
     );
 
-    // Same qcow2 again: same digest, and the HEAD checks skip both blobs.
-    let again = rt.block_on(publish(&req, Arc::new(NullReporter))).unwrap();
+    // Same qcow2 again: the remembered digest, confirmed by HEAD, skips both blobs without
+    // reading the disk.
+    let counter = Arc::new(Counter::default());
+    let again = rt.block_on(publish(&req, counter.clone())).unwrap();
     assert_eq!(again.digest, first.digest);
     assert!(again.uploaded.is_empty(), "{again:?}");
     assert_eq!(again.skipped.len(), 2);
     assert_eq!(again.bytes_sent, 0);
+    assert_eq!(counter.bytes.load(Ordering::SeqCst), 0, "the disk was read");
+}
+
+/// Counts the bytes reported and the layer outcomes.
+#[derive(Default)]
+struct Counter {
+    bytes: AtomicU64,
+    starts: Mutex<Vec<Phase>>,
+    layer_done: Mutex<Vec<BlobOutcome>>,
+}
+
+impl Reporter for Counter {
+    fn on_blob_start(&self, kind: BlobKind, phase: Phase, _: Option<&str>, _: u64) {
+        if kind == BlobKind::Layer {
+            self.starts.lock().unwrap().push(phase);
+        }
+    }
+    fn on_bytes(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::SeqCst);
+    }
+    fn on_blob_done(&self, kind: BlobKind, _: &str, outcome: BlobOutcome) {
+        if kind == BlobKind::Layer {
+            self.layer_done.lock().unwrap().push(outcome);
+        }
+    }
+}
+
+#[test]
+fn the_pushed_digests_are_the_pinned_ones() {
+    let registry = start_registry(None);
+    let disk = fixed_disk();
+    let rt = rt();
+    for (compression, layer_digest, diff_id, manifest_digest) in PINNED {
+        let mut req = request(&registry.host(), disk.path(), compression, "pin", &[]);
+        req.metadata = fixed_metadata();
+        req.tags.immutable = format!("pin-{}", compression.as_str());
+        let out = rt.block_on(publish(&req, Arc::new(NullReporter))).unwrap();
+        assert_eq!(
+            (
+                out.layer.digest.as_str(),
+                out.layer.diff_id.as_str(),
+                out.digest.as_str()
+            ),
+            (layer_digest, diff_id, manifest_digest),
+            "{compression:?}"
+        );
+        // The registry stored the bytes under that digest (it checks them on the final PUT).
+        let raw = raw_manifest(&registry.host(), &req.tags.immutable);
+        assert_eq!(raw["layers"][0]["digest"], layer_digest);
+    }
+}
+
+#[test]
+fn push_sets_no_tag_and_set_tags_points_them_at_the_digest() {
+    let registry = start_registry(None);
+    let host = registry.host();
+    let work = tempfile::tempdir().unwrap();
+    let disk = make_qcow2(work.path(), "node", 4, 32, 11);
+    let rt = rt();
+    let req = request(&host, &disk, Compression::Gzip, "v5.0.0", &["v1.37"]);
+    let pushed = rt.block_on(push(&req, Arc::new(NullReporter))).unwrap();
+    assert!(tags_of(&host, None).is_empty(), "push set a tag");
+    let by_digest: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--no-tags",
+        "--tls-verify=false",
+        &format!("docker://{}", pushed.reference),
+    ]))
+    .unwrap();
+    assert_eq!(by_digest["Digest"], pushed.digest.as_str());
+    let tags = rt
+        .block_on(set_tags(&req, &pushed, Arc::new(NullReporter)))
+        .unwrap();
+    assert_eq!(tags, ["v5.0.0", "v1.37"]);
+    assert_eq!(tags_of(&host, None), ["v1.37", "v5.0.0"]);
+    check_with_skopeo(&host, "v5.0.0", &disk, work.path(), None);
+}
+
+#[test]
+fn a_remembered_digest_is_trusted_only_once_the_registry_has_the_blob() {
+    let registry = start_registry(None);
+    let host = registry.host();
+    let work = tempfile::tempdir().unwrap();
+    let disk = make_qcow2(work.path(), "node", 4, 32, 12);
+    let rt = rt();
+    let mut req = request(&host, &disk, Compression::Gzip, "v6", &[]);
+    req.cache = Some(LayerCache::new(work.path().join("cache")));
+    req.disk_sha256 = Some(format!("sha256:{}", sha256_file(&disk)));
+    let first = rt.block_on(publish(&req, Arc::new(NullReporter))).unwrap();
+
+    // Another repository in the same registry does not have the blob (HEAD 404): the layer
+    // is streamed there, with the same digest.
+    let mut other = req.clone();
+    other.repository = format!("{host}/kib/other").parse().unwrap();
+    let counter = Arc::new(Counter::default());
+    let out = rt.block_on(publish(&other, counter.clone())).unwrap();
+    assert_eq!(out.digest, first.digest);
+    assert!(out.uploaded.contains(&first.layer.digest), "{out:?}");
+    assert_eq!(*counter.starts.lock().unwrap(), [Phase::Upload]);
+
+    // A different build-manifest sha256 is another identity: not remembered; the tag
+    // exists, so the layer is hashed (not sent) and found in the registry.
+    let mut changed = req.clone();
+    changed.disk_sha256 = Some(format!("sha256:{}", "0".repeat(64)));
+    let counter = Arc::new(Counter::default());
+    let out = rt.block_on(publish(&changed, counter.clone())).unwrap();
+    assert_eq!(out.digest, first.digest);
+    assert_eq!(out.bytes_sent, 0);
+    assert_eq!(*counter.starts.lock().unwrap(), [Phase::Hash]);
+    assert_eq!(
+        *counter.layer_done.lock().unwrap(),
+        [BlobOutcome::Done, BlobOutcome::AlreadyPresent]
+    );
+
+    // The file rewritten in place (same size) is another identity: its new layer is sent.
+    let bytes = fs_err::read(&disk).unwrap();
+    let mut f = fs_err::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    drop(f);
+    let mut new_tag = req.clone();
+    new_tag.tags.immutable = "v7".into();
+    let counter = Arc::new(Counter::default());
+    let out = rt.block_on(publish(&new_tag, counter.clone())).unwrap();
+    assert_eq!(*counter.starts.lock().unwrap(), [Phase::Upload]);
+    assert!(out.bytes_sent > 0, "{out:?}");
+    assert_eq!(out.digest, first.digest, "same bytes, same digest");
 }
 
 #[test]
@@ -356,7 +488,7 @@ fn registry_down_mid_push_leaves_no_tag() {
             reporter.clone(),
         ))
         .unwrap_err();
-    assert!(matches!(err, PublishError::BlobUpload { .. }), "{err:?}");
+    assert!(matches!(err, PublishError::LayerUpload { .. }), "{err:?}");
     let mut registry = reporter.registry.lock().unwrap().take().unwrap();
     assert!(!registry.is_running());
     registry.restart().unwrap();

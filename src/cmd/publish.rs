@@ -1,9 +1,12 @@
-//! `kib publish`: push a qcow2 as a KubeVirt containerDisk, streaming, tag it, and with
-//! `--sign-key` sign the pushed digest (and attach an attestation) the way `kib sign` does.
+//! `kib publish`: push a qcow2 as a KubeVirt containerDisk by digest, with `--sign-key` sign
+//! and attest that digest the way `kib sign` does, and only then set the tags: a failure at any
+//! step leaves no new tag. `--no-tags` stops after the push (a release tests that digest, then
+//! publishes again with `--sign-key`: same qcow2, same digest, nothing uploaded twice).
 //!
 //! stdout carries only the result: the digest, then one `registry/repo:tag` line per tag
-//! (or one JSON document with `--output-format json`, which also names the signature and
-//! attestation); progress goes to stderr.
+//! (with `--no-tags`: the one line `registry/repo@sha256:…`), or one JSON document with
+//! `--output-format json`, which also names the signature and attestation; progress goes to
+//! stderr.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -12,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use kib_packager::push::{PublishRequest, RetryPolicy, publish};
+use kib_packager::layer::LayerCache;
+use kib_packager::push::{PublishRequest, RetryPolicy, push, set_tags};
 
-use super::package::StderrReporter;
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::image_args::ImageArgs;
 use crate::common::registry_args::RegistryArgs;
 use crate::common::signing::{Attestation, load_key, sign_and_attest};
+use crate::reporter::PackageReporter;
 
 /// What `kib publish --help` shows after the options: the flow it belongs to.
 const FLOW: &str = "\
@@ -32,8 +36,17 @@ kib publish does not build: build, test, then publish what the build wrote. The 
       --sign-key cosign.key [--attest-predicate FILE.json --attest-type spdxjson]
 
 With --sign-key the key is loaded (password from COSIGN_PASSWORD, else a prompt) before
-anything is pushed; after the push the manifest digest is signed in cosign's format
-(sha256-<hex>.sig in the same repository). Consumers check it with
+anything is pushed; the image is pushed by digest, the digest is signed in cosign's format
+(sha256-<hex>.sig in the same repository) and attested, and only then are the tags set.
+To test an image in a cluster before it is signed and tagged:
+
+  kib publish --no-tags --image registry.example/kib/node --qcow2 output/<name>.qcow2
+      # prints registry.example/kib/node@sha256:...; test that digest, then:
+  kib publish --sign-key cosign.key --image registry.example/kib/node --qcow2 output/<name>.qcow2
+
+The second run uploads nothing: the layer's digest is remembered for the qcow2 (path, inode,
+size, times and the build manifest's sha256, under $XDG_CACHE_HOME/kib/layers) and trusted
+once the registry confirms it has that blob. Consumers check it with
 `kib verify --key cosign.pub IMAGE` or
 `cosign verify --key cosign.pub --insecure-ignore-tlog=true IMAGE`.
 Keyless (OIDC) signing is not implemented.";
@@ -56,6 +69,12 @@ pub(crate) struct Args {
     /// How results are written to stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     output_format: OutputFormat,
+    /// Push by digest only: no tags, no signatures; prints `repository@sha256:…`.
+    #[arg(long, conflicts_with = "sign_key")]
+    no_tags: bool,
+    /// Never use or update the remembered layer digests (the layer is always streamed).
+    #[arg(long)]
+    no_layer_cache: bool,
     /// Sign the pushed digest with this cosign private key (`cosign.key`); its password comes
     /// from `COSIGN_PASSWORD` or a prompt.
     #[arg(long, value_name = "FILE", help_heading = "Signing")]
@@ -119,68 +138,89 @@ impl Args {
                 attempts: self.attempts,
                 ..RetryPolicy::default()
             },
+            cache: if self.no_layer_cache {
+                None
+            } else {
+                LayerCache::default_dir().map(LayerCache::new)
+            },
+            disk_sha256: disk_sha256(&self.image_args),
         };
+        let reporter = Arc::new(PackageReporter::new(global));
         let _span = tracing::info_span!("push", repository = %self.image).entered();
         let started = std::time::Instant::now();
-        let outcome = publish(&req, Arc::new(StderrReporter::new(global))).await?;
-        let elapsed = started.elapsed();
-        report_speed(global, outcome.bytes_sent, elapsed);
+        let pushed = push(&req, reporter.clone()).await?;
+        report_speed(&reporter, pushed.bytes_sent, started.elapsed());
         let repo = format!(
             "{}/{}",
             req.repository.registry(),
             req.repository.repository()
         );
+        let mut out = std::io::stdout().lock();
+        if self.no_tags {
+            match self.output_format {
+                OutputFormat::Text => writeln!(out, "{}", pushed.reference)?,
+                OutputFormat::Json => writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({
+                        "digest": pushed.digest,
+                        "reference": pushed.reference,
+                        "tags": [],
+                        "uploaded": pushed.uploaded,
+                        "skipped": pushed.skipped,
+                        "bytes_sent": pushed.bytes_sent,
+                        "layer": {"digest": pushed.layer.digest, "size": pushed.layer.size, "diff_id": pushed.layer.diff_id},
+                    })
+                )?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let (signed, attested) = match &key {
             Some(key) => {
-                let _span = tracing::info_span!("sign", image = %outcome.reference).entered();
-                let pushed: kib_packager::registry::Reference =
-                    outcome.reference.parse().with_context(|| {
-                        format!("`{}` is not an image reference", outcome.reference)
-                    })?;
-                let client = kib_packager::registry::client(&pushed, &req.options);
-                let auth = kib_packager::registry::auth(&pushed, &req.options)?;
-                let (signed, attested) = sign_and_attest(
-                    &client,
-                    &auth,
-                    &pushed,
-                    key,
-                    attestation.as_ref(),
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "Pushed `{}` but failed to sign it; retry with `kib sign --key KEY {}`",
-                        outcome.reference, outcome.reference
-                    )
-                })?;
-                if !global.quiet {
-                    let mut err = std::io::stderr().lock();
-                    let _ = writeln!(err, "Signed `{}`: `{}`", signed.digest, signed.signature);
-                    if let Some(a) = &attested {
-                        let _ = writeln!(err, "Attested `{}`: `{}`", a.digest, a.signature);
-                    }
+                let _span = tracing::info_span!("sign", image = %pushed.reference).entered();
+                let image: kib_packager::registry::Reference = pushed
+                    .reference
+                    .parse()
+                    .with_context(|| format!("`{}` is not an image reference", pushed.reference))?;
+                let client = kib_packager::registry::client(&image, &req.options);
+                let auth = kib_packager::registry::auth(&image, &req.options)?;
+                let (signed, attested) =
+                    sign_and_attest(&client, &auth, &image, key, attestation.as_ref())
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "Pushed `{}` but failed to sign or attest it, so no tag was set; run the same `kib publish` again (nothing is uploaded twice)",
+                                pushed.reference
+                            )
+                        })?;
+                reporter.line(&format!(
+                    "Signed `{}`: `{}`",
+                    signed.digest, signed.signature
+                ));
+                if let Some(a) = &attested {
+                    reporter.line(&format!("Attested `{}`: `{}`", a.digest, a.signature));
                 }
                 (Some(signed), attested)
             }
             None => (None, None),
         };
-        let mut out = std::io::stdout().lock();
+        let tags = set_tags(&req, &pushed, reporter.clone()).await?;
         match self.output_format {
             OutputFormat::Text => {
-                writeln!(out, "{}", outcome.digest)?;
-                for tag in &outcome.tags {
+                writeln!(out, "{}", pushed.digest)?;
+                for tag in &tags {
                     writeln!(out, "{repo}:{tag}")?;
                 }
             }
             OutputFormat::Json => {
                 let doc = serde_json::json!({
-                    "digest": outcome.digest,
-                    "reference": outcome.reference,
-                    "tags": outcome.tags.iter().map(|t| format!("{repo}:{t}")).collect::<Vec<_>>(),
-                    "uploaded": outcome.uploaded,
-                    "skipped": outcome.skipped,
-                    "bytes_sent": outcome.bytes_sent,
-                    "layer": {"digest": outcome.layer.digest, "size": outcome.layer.size, "diff_id": outcome.layer.diff_id},
+                    "digest": pushed.digest,
+                    "reference": pushed.reference,
+                    "tags": tags.iter().map(|t| format!("{repo}:{t}")).collect::<Vec<_>>(),
+                    "uploaded": pushed.uploaded,
+                    "skipped": pushed.skipped,
+                    "bytes_sent": pushed.bytes_sent,
+                    "layer": {"digest": pushed.layer.digest, "size": pushed.layer.size, "diff_id": pushed.layer.diff_id},
                     "signature": signed,
                     "attestation": attested,
                 });
@@ -191,14 +231,35 @@ impl Args {
     }
 }
 
-fn report_speed(global: &GlobalArgs, bytes: u64, elapsed: Duration) {
-    if !global.quiet {
-        let mib = bytes as f64 / (1024.0 * 1024.0);
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "Published: {mib:.1} MiB sent in {:.2} s ({:.0} MiB/s end to end)",
-            elapsed.as_secs_f64(),
-            mib / elapsed.as_secs_f64().max(1e-9)
-        );
+/// The qcow2's sha256 as the build manifest records it (`--manifest`, else the one beside the
+/// qcow2): part of the file's identity in the layer cache. A manifest that cannot be read is
+/// no identity here (the image's labels report that error).
+fn disk_sha256(args: &ImageArgs) -> Option<String> {
+    let path = args.manifest.clone().or_else(|| {
+        let beside = args
+            .qcow2
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(kib_builder::manifest::MANIFEST_FILE);
+        beside.is_file().then_some(beside)
+    })?;
+    let m = kib_builder::manifest::read(&path).ok()?;
+    Some(format!("sha256:{}", m.output.sha256.hex()))
+}
+
+fn report_speed(reporter: &PackageReporter, bytes: u64, elapsed: Duration) {
+    if bytes == 0 {
+        reporter.line(&format!(
+            "Pushed: nothing sent, the registry had every blob ({:.2} s)",
+            elapsed.as_secs_f64()
+        ));
+        return;
     }
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    reporter.line(&format!(
+        "Pushed: {} sent in {:.2} s ({:.0} MiB/s end to end)",
+        indicatif::HumanBytes(bytes),
+        elapsed.as_secs_f64(),
+        mib / elapsed.as_secs_f64().max(1e-9)
+    ));
 }

@@ -11,6 +11,9 @@ use kib_test_infra::registry::{Registry, require};
 /// The cosign key password the tests use; [`kib_with_password`] fails if it is ever printed.
 pub const PASSWORD: &str = "pw-never-printed-7f3a";
 
+/// Where `kib publish` remembers layer digests in the tests (never the user's own cache).
+pub const XDG_CACHE_HOME: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/xdg-cache");
+
 /// Fails (never skips) with the install hint when `tool` is missing.
 pub fn need(tool: &str, package: &'static str) {
     if let Err(e) = require(tool, package) {
@@ -90,6 +93,7 @@ pub fn kib_with_password(args: &[&str], password: Option<&str>) -> Output {
     cmd.args(args)
         .env("KIB_NO_PROGRESS", "1")
         .env("DOCKER_CONFIG", "/nonexistent-kib-test")
+        .env("XDG_CACHE_HOME", XDG_CACHE_HOME)
         .env_remove("KIB_REGISTRY_USERNAME")
         .env_remove("KIB_REGISTRY_PASSWORD")
         .env_remove("COSIGN_PASSWORD");

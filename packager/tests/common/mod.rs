@@ -2,6 +2,9 @@
 //! CDI-style walk of an OCI layout.
 #![allow(dead_code)]
 
+pub mod pinned;
+pub use pinned::{PINNED, fixed_disk, fixed_metadata};
+
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
