@@ -34,10 +34,12 @@ cargo deny --locked check bans licenses sources
 step "cargo deny: advisories (RustSec database, fetched from github.com)"
 # The database is a git clone from GitHub. Where GitHub is unreachable (the offline build
 # hosts) advisories cannot be checked: say so loudly rather than pass on an old or empty
-# copy. In CI (`CI` set) an unreachable database fails the run.
+# copy. Where the database must be checked (the GitHub/Forgejo workflows set
+# KIB_REQUIRE_ADVISORIES=1) an unreachable database fails the run. `CI` alone does not decide
+# it: the offline CI these hosts run has no route to GitHub at all.
 if cargo deny fetch db; then
   cargo deny --locked check advisories
-elif [ -n "${CI:-}" ]; then
+elif [ "${KIB_REQUIRE_ADVISORIES:-0}" = 1 ]; then
   echo "test.sh: the RustSec advisory database could not be fetched" >&2
   exit 1
 else
