@@ -147,18 +147,32 @@ impl Check for Firewall {
     }
 }
 
-/// The key prefix of kib's audit rules (`playbook/roles/audit`).
-pub const KIB_AUDIT_KEY_PREFIX: &str = "kib-";
+/// The rules file the playbook installs (`audit_rules_file` in
+/// `playbook/roles/audit/defaults/main.yml`), shipped in the image: the expected rules.
+///
+/// Read from the image rather than from the build manifest because the manifest does not
+/// record the rules; the file is what augenrules/audit-rules.service load at boot, so every
+/// rule in it must be loaded, and a missing file is a failure of its own.
+pub const KIB_AUDIT_RULES_FILE: &str = "/etc/audit/rules.d/60-kib-kubernetes.rules";
 
-/// 6. auditd runs and kib's rules are loaded.
+/// 6. auditd runs and every rule the playbook installed was loaded at boot.
 pub struct Audit;
+
+/// The rule lines of an audit rules file or of `auditctl -l`, whitespace-normalised, comments,
+/// blank lines and control lines (`-D`, `-b`, `-f`, `-e`, `--backlog_wait_time`) dropped.
+fn rule_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| l.starts_with("-w ") || l.starts_with("-a "))
+        .collect()
+}
 
 impl Check for Audit {
     fn name(&self) -> &'static str {
         "audit"
     }
     fn title(&self) -> &'static str {
-        "auditd active with kib's rules loaded"
+        "auditd active with every rule of kib's rules file loaded at boot (auditctl -l)"
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
@@ -166,23 +180,33 @@ impl Check for Audit {
             if active.out() != "active" {
                 return Err(CheckResult::fail(format!("auditd is `{}`", active.out())));
             }
-            let rules = run_ok(ctx, "auditctl -l", true).await?;
-            let ours: Vec<&str> = rules
-                .stdout
-                .lines()
-                .filter(|l| {
-                    l.contains(&format!("-k {KIB_AUDIT_KEY_PREFIX}"))
-                        || l.contains(&format!("key={KIB_AUDIT_KEY_PREFIX}"))
-                })
-                .collect();
-            if ours.is_empty() {
-                let n = rules.stdout.lines().filter(|l| l.starts_with('-')).count();
+            let file = run(ctx, &format!("cat {KIB_AUDIT_RULES_FILE}"), true).await?;
+            let want = rule_lines(&file.stdout);
+            if !file.success() || want.is_empty() {
                 return Err(CheckResult::fail(format!(
-                    "no audit rule with a `{KIB_AUDIT_KEY_PREFIX}*` key is loaded ({n} other rules; `{}`)",
-                    rules.out().lines().next().unwrap_or("")
+                    "kib's audit rules file `{KIB_AUDIT_RULES_FILE}` is missing or holds no rule ({})",
+                    file.describe()
                 )));
             }
-            tracing::info!(rules = ours.len(), "kib audit rules loaded");
+            // Nothing has loaded rules since boot but the boot itself (augenrules via
+            // audit-rules.service or auditd's own start): what `auditctl -l` lists now is what
+            // loads at boot.
+            let loaded = run_ok(ctx, "auditctl -l", true).await?;
+            let have = rule_lines(&loaded.stdout);
+            let missing: Vec<&String> = want.iter().filter(|w| !have.contains(w)).collect();
+            if !missing.is_empty() {
+                return Err(CheckResult::fail(format!(
+                    "{} of the {} rules in `{KIB_AUDIT_RULES_FILE}` are not loaded after boot: {}",
+                    missing.len(),
+                    want.len(),
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            tracing::info!(rules = want.len(), "kib audit rules loaded");
             Ok(CheckResult::Pass)
         })
     }
