@@ -409,6 +409,112 @@ async fn a_generic_image_lists_the_kubernetes_checks_as_not_applicable() {
 
 // --- firewall ----------------------------------------------------------------------------
 
+/// A host listener standing in for a forwarded guest port: it sends `banner` (or nothing, as
+/// slirp does when the guest refuses) to every client.
+async fn listener(banner: Option<&'static str>) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = l.accept().await else {
+                return;
+            };
+            if let Some(b) = banner {
+                use tokio::io::AsyncWriteExt;
+                let _ = c.write_all(b.as_bytes()).await;
+            }
+        }
+    });
+    addr
+}
+
+/// A guest whose firewall drops the unlisted probe port, with the overlay ports of calico
+/// open when `overlay_open`.
+fn firewalled_guest(overlay_open: bool) -> ScriptedGuest {
+    let g = ScriptedGuest::new()
+        .answer("ss -Hltn", 1, "", "")
+        .ok("kib-probe-", "kib-conformance-probe\n");
+    if overlay_open {
+        g.ok("nft get element", "")
+    } else {
+        g.answer(
+            "nft get element",
+            1,
+            "",
+            "Error: Could not process rule: No such file or directory",
+        )
+    }
+}
+
+async fn firewall_context(
+    guest: ScriptedGuest,
+    expect: Expect,
+    api: std::net::SocketAddr,
+) -> Context {
+    let mut ctx = context(guest, expect);
+    ctx.ssh_addr = listener(Some("SSH-2.0-OpenSSH_9.9\r\n")).await;
+    ctx.forwards = vec![
+        (ctx.probe_port, listener(None).await),
+        (API_SERVER_PORT, api),
+    ];
+    ctx
+}
+
+#[tokio::test]
+async fn firewall_passes_a_generic_image_with_the_ports_right() {
+    let api = listener(Some("kib-conformance-probe\n")).await;
+    let ctx = firewall_context(firewalled_guest(true), Expect::Generic, api).await;
+    let r = outcome(&Firewall, &ctx).await;
+    assert_eq!(r.status, Status::Pass, "{r:?}");
+}
+
+#[tokio::test]
+async fn firewall_fails_when_the_unlisted_port_is_reachable() {
+    let api = listener(Some("kib-conformance-probe\n")).await;
+    let mut ctx = firewall_context(firewalled_guest(true), Expect::Generic, api).await;
+    ctx.forwards[0].1 = listener(Some("kib-conformance-probe\n")).await;
+    assert_fail(
+        &outcome(&Firewall, &ctx).await,
+        "19999/tcp, listening and not on the list, is reachable",
+    );
+}
+
+#[tokio::test]
+async fn firewall_fails_when_6443_was_not_probed_on_a_kubernetes_image() {
+    // kubeadm did not bootstrap: the API server port cannot be proven open.
+    let g = firewalled_guest(true).answer("bootstrap-success.complete", 1, "", "No such file");
+    let ctx = firewall_context(g, Expect::Kubernetes, listener(None).await).await;
+    assert_fail(&outcome(&Firewall, &ctx).await, "6443/tcp not probed");
+}
+
+#[tokio::test]
+async fn firewall_fails_when_the_api_server_does_not_speak_tls_from_outside() {
+    let g = firewalled_guest(true).ok("bootstrap-success.complete", "success\n");
+    let ctx = firewall_context(g, Expect::Kubernetes, listener(None).await).await;
+    assert_fail(
+        &outcome(&Firewall, &ctx).await,
+        "the API server on 6443/tcp does not answer",
+    );
+}
+
+#[tokio::test]
+async fn firewall_fails_when_the_cnis_overlay_ports_are_closed() {
+    let api = listener(Some("kib-conformance-probe\n")).await;
+    let ctx = firewall_context(firewalled_guest(false), Expect::Generic, api).await;
+    assert_fail(
+        &outcome(&Firewall, &ctx).await,
+        "overlay ports of calico are not open",
+    );
+    assert!(reason(&outcome(&Firewall, &ctx).await).contains("4789/udp"));
+    let api = listener(Some("kib-conformance-probe\n")).await;
+    let mut ctx = firewall_context(firewalled_guest(false), Expect::Generic, api).await;
+    let mut m = k8s_manifest();
+    m.cni = Some("cilium".to_owned());
+    ctx.expected = Some(m);
+    let r = outcome(&Firewall, &ctx).await;
+    assert_fail(&r, "8472/udp, 4240/tcp, 6081/udp");
+}
+
 #[tokio::test]
 async fn firewall_fails_when_the_probe_port_is_not_forwarded() {
     let g = ScriptedGuest::new().answer("ss -Hltn", 1, "", "");
