@@ -146,7 +146,6 @@ pub fn render(spec: &UserDataSpec) -> String {
 mod tests {
     use super::*;
     use kib_vm::seed::{ConfigDrive, Seed};
-    use std::io::Read;
 
     fn spec() -> UserDataSpec {
         UserDataSpec::new(vec![
@@ -239,31 +238,29 @@ mod tests {
         );
     }
 
+    /// The ConfigDrive the VM gets (ISO 9660, `config-2`, as KubeVirt writes it) carries the
+    /// user data and meta data under `openstack/latest/` (read back with isoinfo).
     #[test]
     fn configdrive_carries_the_user_data() {
         let ud = render(&spec());
-        let seed = Seed::from(ConfigDrive::new("kib-conformance", ud.clone()));
-        let image = seed.to_image().unwrap();
-        let fs =
-            fatfs::FileSystem::new(std::io::Cursor::new(image), fatfs::FsOptions::new()).unwrap();
-        assert_eq!(
-            fs.read_volume_label_from_root_dir().unwrap().as_deref(),
-            Some("config-2")
-        );
-        let mut text = String::new();
-        fs.root_dir()
-            .open_file("openstack/latest/user_data")
-            .unwrap()
-            .read_to_string(&mut text)
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        Seed::from(ConfigDrive::new("kib-conformance", ud.clone()))
+            .write_image(&path)
             .unwrap();
+        let read = |file: &str| {
+            let out = std::process::Command::new("isoinfo")
+                .args(["-R", "-i"])
+                .arg(&path)
+                .args(["-x", file])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let text = read("/openstack/latest/user_data");
         assert_eq!(text, ud);
-        let mut meta = String::new();
-        fs.root_dir()
-            .open_file("openstack/latest/meta_data.json")
-            .unwrap()
-            .read_to_string(&mut meta)
-            .unwrap();
-        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&read("/openstack/latest/meta_data.json")).unwrap();
         assert_eq!(meta["hostname"], "kib-conformance");
         parse(&text);
     }
