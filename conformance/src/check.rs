@@ -73,6 +73,12 @@ pub trait Check: Send + Sync {
     fn can_run(&self, _ctx: &Context) -> Result<(), String> {
         Ok(())
     }
+    /// Whether the image must pass this check. A required check that cannot run is a FAIL,
+    /// never a SKIP; only checks that do not apply to this image (a generic image's
+    /// Kubernetes checks) or that are opt-in and were not asked for SKIP.
+    fn required(&self, _ctx: &Context) -> bool {
+        true
+    }
     /// Runs the check.
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult>;
 }

@@ -300,6 +300,10 @@ pub struct Step {
     pub stdin: Option<String>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
+    /// Whether its success proves something about the image (a `kubectl wait` for a
+    /// condition) and so is a check in the report; setup steps (`kubectl apply`, `kind
+    /// create`, …) are not checks: they appear only when they fail.
+    pub proves: bool,
 }
 
 impl Step {
@@ -310,6 +314,7 @@ impl Step {
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             stdin: None,
             env: Vec::new(),
+            proves: program == "kubectl" && args.contains(&"wait"),
         }
     }
     fn stdin(mut self, s: String) -> Self {
@@ -780,6 +785,10 @@ pub async fn run(
     let mut failed = false;
     for step in &steps {
         if failed {
+            // Only the checks that could not run are listed; skipped setup proves nothing.
+            if !step.proves {
+                continue;
+            }
             results.push(CheckReport::new(
                 &step.what,
                 &step.what,
@@ -802,9 +811,13 @@ pub async fn run(
                 CheckResult::fail(format!("{}{hint}", kib_vm::error_chain(&e)))
             }
         };
-        let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
-        reporter.on_check(&rep);
-        results.push(rep);
+        // A setup step that succeeded is not a check (it proves nothing about the image);
+        // one that failed is reported, as it fails the run.
+        if step.proves || failed {
+            let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
+            reporter.on_check(&rep);
+            results.push(rep);
+        }
     }
     for step in teardown(spec, kubeconfig_arg.as_deref(), keep) {
         reporter.on_phase(&step.what);
@@ -823,6 +836,31 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_waits_are_checks() {
+        let spec = ClusterSpec::new("oci:/x", "v1.37.1");
+        let steps = plan(&spec, None);
+        let checks: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.proves)
+            .map(|s| s.what.as_str())
+            .collect();
+        assert!(
+            checks.iter().all(|w| w.starts_with("wait for")),
+            "{checks:?}"
+        );
+        assert!(
+            checks.contains(&"wait for the workload nodes"),
+            "{checks:?}"
+        );
+        assert!(
+            steps
+                .iter()
+                .filter(|s| s.args.iter().any(|a| a == "apply"))
+                .all(|s| !s.proves)
+        );
+    }
 
     fn docs(s: &str) -> Vec<serde_yaml::Value> {
         serde_yaml::Deserializer::from_str(s)

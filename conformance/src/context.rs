@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use kib_vm::qmp::QgaClient;
 use kib_vm::{Firmware, QemuVm, Vm, VmError};
 
-use crate::manifest::ImageExpectations;
+use crate::manifest::{Expect, ImageExpectations};
 
 /// The output of a command run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,6 +73,17 @@ pub enum ShellError {
     },
 }
 
+/// A host-side resource of the context is missing or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context has no VM (a scripted guest).
+    #[error("No VM behind this context (a scripted guest)")]
+    NoVm,
+    /// The VM refused.
+    #[error("The VM could not provide it")]
+    Vm(#[source] VmError),
+}
+
 /// A shell in the guest.
 pub trait Shell: Send + Sync {
     /// Runs `command` with `sh -c` semantics (as the login user) and collects its output.
@@ -81,8 +92,13 @@ pub trait Shell: Send + Sync {
 
 /// Everything the checks need.
 pub struct Context {
-    /// The running VM.
-    pub vm: QemuVm,
+    /// The running VM (`None` only for a scripted guest in unit tests: the checks that need
+    /// QMP or the guest agent then fail).
+    pub vm: Option<QemuVm>,
+    /// The host address forwarded to the guest's SSH port.
+    pub ssh_addr: SocketAddr,
+    /// Guest ports forwarded to the host: `(guest port, host address)`.
+    pub forwards: Vec<(u16, SocketAddr)>,
     /// A shell in the guest as `capk`.
     pub shell: Box<dyn Shell>,
     /// The firmware the VM booted with.
@@ -99,8 +115,9 @@ pub struct Context {
     pub authorized_keys: Vec<String>,
     /// The build manifest, if there is one.
     pub expected: Option<ImageExpectations>,
-    /// Whether `kubeadm` is on the guest's PATH (probed once after boot).
-    pub has_kubeadm: bool,
+    /// What the image claims to be (from `--expect` or its build manifest, never probed):
+    /// the Kubernetes checks are required of a [`Expect::Kubernetes`] image.
+    pub expect: Expect,
     /// The guest port the firewall check listens on (forwarded to the host).
     pub probe_port: u16,
     /// A CNI manifest to apply before waiting for the node to turn Ready.
@@ -114,12 +131,12 @@ pub struct Context {
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("vm", &self.vm.name())
+            .field("vm", &self.vm.as_ref().map(|v| v.name().to_owned()))
             .field("firmware", &self.firmware)
             .field("image_size", &self.image_size)
             .field("disk_size", &self.disk_size)
             .field("hostname", &self.hostname)
-            .field("has_kubeadm", &self.has_kubeadm)
+            .field("expect", &self.expect)
             .finish_non_exhaustive()
     }
 }
@@ -142,18 +159,24 @@ impl Context {
     }
 
     /// A guest agent connection.
-    pub async fn qga(&self) -> Result<QgaClient, VmError> {
-        self.vm.guest_agent(Duration::from_secs(30)).await
+    pub async fn qga(&self) -> Result<QgaClient, ContextError> {
+        let vm = self.vm.as_ref().ok_or(ContextError::NoVm)?;
+        vm.guest_agent(Duration::from_secs(30))
+            .await
+            .map_err(ContextError::Vm)
     }
 
     /// The host address forwarded to the guest's SSH port.
     pub fn vm_ssh_addr(&self) -> SocketAddr {
-        self.vm.ssh_addr()
+        self.ssh_addr
     }
 
     /// The host address forwarded to `guest_port`.
     pub fn forwarded(&self, guest_port: u16) -> Option<SocketAddr> {
-        self.vm.forwarded(guest_port)
+        self.forwards
+            .iter()
+            .find(|(g, _)| *g == guest_port)
+            .map(|(_, a)| *a)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::check::{Check, CheckResult};
 use crate::checks::{self, chain};
 use crate::context::Context;
 use crate::image::{ImageError, ImageSource};
-use crate::manifest::ImageExpectations;
+use crate::manifest::{Expect, ImageExpectations};
 use crate::report::{CheckReport, Report};
 use crate::ssh_shell::{self, GuestKey};
 use crate::userdata::{self, CAPK_USER, UserDataSpec};
@@ -35,6 +35,9 @@ pub struct DirectOptions {
     pub source: ImageSource,
     /// `build-manifest.json`, if not next to the image.
     pub manifest: Option<PathBuf>,
+    /// What the image is (`--expect`); `None` takes it from the build manifest (see
+    /// [`Expect::resolve`]).
+    pub expect: Option<Expect>,
     /// BIOS (KubeVirt's default) or UEFI.
     pub firmware: Firmware,
     /// The accelerator.
@@ -73,6 +76,7 @@ impl DirectOptions {
             image: image.to_owned(),
             source: ImageSource::parse(image),
             manifest: None,
+            expect: None,
             firmware: Firmware::Bios,
             accel: AccelRequest::Auto,
             grow_by: 2 << 30,
@@ -323,6 +327,8 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         })?;
     let expected =
         ImageExpectations::find(opts.manifest.as_deref(), &disk).map_err(DirectError::Manifest)?;
+    let expect = Expect::resolve(opts.expect, expected.as_ref());
+    reporter.on_phase(&format!("expecting a {} image", expect.as_str()));
     let (image_size, format) = image_info(&disk).await?;
     let disk_size = (image_size + opts.grow_by).div_ceil(1 << 20) << 20;
     let overlay = work.join("overlay.qcow2");
@@ -347,6 +353,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
             .filter(|k| !k.is_empty()),
     );
     let mut ud = UserDataSpec::new(keys.clone());
+    ud.kubeadm = expect == Expect::Kubernetes;
     ud.kubernetes_version = expected
         .as_ref()
         .and_then(|e| e.kubernetes.clone())
@@ -441,12 +448,13 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
     reporter.on_check(&boot);
     let mut results = vec![boot];
 
-    let has_kubeadm = matches!(
-        shell.exec("command -v kubeadm >/dev/null 2>&1 || test -x /usr/bin/kubeadm || test -x /usr/local/bin/kubeadm").await,
-        Ok(o) if o.success()
-    );
     let ctx = Context {
-        vm,
+        ssh_addr: vm.ssh_addr(),
+        forwards: [checks::API_SERVER_PORT, PROBE_PORT]
+            .into_iter()
+            .filter_map(|p| vm.forwarded(p).map(|a| (p, a)))
+            .collect(),
+        vm: Some(vm),
         shell: Box::new(shell),
         firmware: opts.firmware,
         image_size,
@@ -455,7 +463,7 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         instance_id,
         authorized_keys: keys,
         expected,
-        has_kubeadm,
+        expect,
         probe_port: PROBE_PORT,
         cni_manifest: opts.cni_manifest.clone(),
         watchdog_fire: opts.watchdog_fire,
@@ -472,18 +480,19 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         results,
         started.elapsed(),
     );
+    let vm = ctx.vm.expect("the direct profile always has a VM");
     let kept = if opts.keep {
         Some(KeptVm {
             ssh_command: format!(
                 "ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p {} {CAPK_USER}@127.0.0.1",
                 key.private_key_path().display(),
-                ctx.vm.ssh_addr().port()
+                vm.ssh_addr().port()
             ),
-            vm: ctx.vm,
+            vm,
             work_dir: work,
         })
     } else {
-        let mut vm = ctx.vm;
+        let mut vm = vm;
         vm.kill().await;
         None
     };
@@ -527,6 +536,10 @@ async fn firmware_gave_up(vm: &QemuVm) -> String {
 pub async fn run_one(check: &dyn Check, ctx: &Context, reporter: &dyn Reporter) -> CheckReport {
     let t = Instant::now();
     let result = match check.can_run(ctx) {
+        // A required check that cannot run is a failure: a SKIP must never hide a requirement.
+        Err(reason) if check.required(ctx) => {
+            CheckResult::fail(format!("required, but could not run: {reason}"))
+        }
         Err(reason) => CheckResult::Skip(reason),
         Ok(()) => match tokio::time::timeout(ctx.check_timeout, check.run(ctx)).await {
             Ok(r) => r,

@@ -33,6 +33,9 @@ pub mod report;
 pub mod ssh_shell;
 pub mod userdata;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use check::{Check, CheckResult, Status};
 pub use context::Context;
 pub use report::{CheckReport, Report};

@@ -21,6 +21,59 @@ pub struct ImageExpectations {
     pub crictl: Option<String>,
     /// Images that must be in containerd (`crictl images`).
     pub images: Vec<String>,
+    /// The Kubernetes version the build asked for (`kubernetes.requested`); present and
+    /// non-empty means the image claims to be a Kubernetes node.
+    pub requested: Option<String>,
+    /// The CNI the image is made for (`versions.json`'s `cni`, written by the playbook from
+    /// `kib_cni` in `playbook/group_vars/all.yml`).
+    pub cni: Option<String>,
+}
+
+/// What an image claims to be, and so which checks are required of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// A plain cloud image: the Kubernetes checks do not apply (and are listed as such).
+    Generic,
+    /// A Kubernetes node: versions, images and the kubeadm bootstrap are required.
+    Kubernetes,
+}
+
+impl Expect {
+    /// `explicit` (`--expect`) if given, else what the manifest claims (`kubernetes.requested`
+    /// present → Kubernetes, else generic), else Kubernetes: an image nobody described is held
+    /// to the full gate, so a node that lost its build manifest cannot pass as "generic". A
+    /// plain image says `--expect generic`.
+    pub fn resolve(explicit: Option<Expect>, manifest: Option<&ImageExpectations>) -> Self {
+        match (explicit, manifest) {
+            (Some(e), _) => e,
+            (None, Some(m)) if m.requested.is_some() => Self::Kubernetes,
+            (None, Some(_)) => Self::Generic,
+            (None, None) => Self::Kubernetes,
+        }
+    }
+
+    /// `generic` or `kubernetes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// The CNI the playbook defaults to (`kib_cni: calico`).
+pub const DEFAULT_CNI: &str = "calico";
+
+/// The overlay ports a CNI needs open between nodes (the playbook's `roles/firewall`):
+/// calico VXLAN 4789/udp; flannel VXLAN 8472/udp; cilium VXLAN 8472/udp, health 4240/tcp,
+/// Geneve 6081/udp. `None` for a CNI kib does not know.
+pub fn overlay_ports(cni: &str) -> Option<&'static [(u16, &'static str)]> {
+    match cni {
+        "calico" => Some(&[(4789, "udp")]),
+        "flannel" => Some(&[(8472, "udp")]),
+        "cilium" => Some(&[(8472, "udp"), (4240, "tcp"), (6081, "udp")]),
+        _ => None,
+    }
 }
 
 impl ImageExpectations {
@@ -39,6 +92,10 @@ impl ImageExpectations {
             containerd: owned(manifest.version("containerd")),
             crictl: owned(manifest.version("crictl")),
             images: manifest.images(),
+            requested: Some(manifest.kubernetes.requested.trim())
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned),
+            cni: owned(manifest.version("cni")),
         }
     }
 

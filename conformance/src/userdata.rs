@@ -11,9 +11,10 @@
 //! - `users` holds the `capk` user CAPK injects (passwordless sudo, groups `users, admin`, the
 //!   test's key plus any `--authorized-key`).
 //!
-//! One pre-kubeadm command ends the script successfully when the image has no `kubeadm`, so a
-//! generic image (the fixture) still finishes cloud-init without errors and the kubeadm checks
-//! report SKIP instead.
+//! Nothing is softened: on an image that claims to be a Kubernetes node but has no `kubeadm`,
+//! the runcmd fails as it would in a cluster (cloud-init reports the error, no sentinel). An
+//! image that claims to be generic gets the same user data without the kubeadm commands
+//! ([`UserDataSpec::kubeadm`] false): it is not asked to bootstrap.
 
 use serde_json::json;
 
@@ -27,8 +28,6 @@ pub const CAPK_USER: &str = "capk";
 pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
 /// CABPK's runcmd line for `kubeadm init`.
 pub const KUBEADM_INIT_CMD: &str = "kubeadm init --config /run/kubeadm/kubeadm.yaml && echo success > /run/cluster-api/bootstrap-success.complete";
-/// Written instead of the sentinel when the image has no kubeadm.
-pub const NO_KUBEADM_MARKER: &str = "/run/cluster-api/no-kubeadm";
 
 /// What goes into the user data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +44,8 @@ pub struct UserDataSpec {
     /// Extra API server certificate SANs (the direct profile adds `127.0.0.1` so that the
     /// host reaches the API server through a forwarded port).
     pub cert_sans: Vec<String>,
+    /// Whether runcmd bootstraps with kubeadm (a Kubernetes image); false for a generic image.
+    pub kubeadm: bool,
 }
 
 impl UserDataSpec {
@@ -56,6 +57,7 @@ impl UserDataSpec {
             pod_subnet: "10.243.0.0/16".to_owned(),
             service_subnet: "10.95.0.0/16".to_owned(),
             cert_sans: vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            kubeadm: true,
         }
     }
 }
@@ -96,9 +98,7 @@ pub fn kubeadm_config(spec: &UserDataSpec) -> String {
 
 /// The commands CABPK's `preKubeadmCommands` would hold here.
 pub fn pre_kubeadm_commands(spec: &UserDataSpec) -> Vec<String> {
-    let mut cmds = vec![format!(
-        "command -v kubeadm >/dev/null 2>&1 || {{ echo 'no kubeadm in this image' > {NO_KUBEADM_MARKER}; exit 0; }}"
-    )];
+    let mut cmds = Vec::new();
     if spec.kubernetes_version.is_none() {
         cmds.push(format!(
             "sed -i \"s/^kubernetesVersion: .*/kubernetesVersion: $(kubeadm version -o short)/\" {KUBEADM_CONFIG}"
@@ -109,8 +109,11 @@ pub fn pre_kubeadm_commands(spec: &UserDataSpec) -> Vec<String> {
 
 /// The complete user data (`## template: jinja` + `#cloud-config`).
 pub fn render(spec: &UserDataSpec) -> String {
-    let mut runcmd: Vec<String> = pre_kubeadm_commands(spec);
-    runcmd.push(KUBEADM_INIT_CMD.to_owned());
+    let mut runcmd: Vec<String> = Vec::new();
+    if spec.kubeadm {
+        runcmd.extend(pre_kubeadm_commands(spec));
+        runcmd.push(KUBEADM_INIT_CMD.to_owned());
+    }
     let doc = json!({
         "write_files": [
             {
@@ -143,7 +146,6 @@ pub fn render(spec: &UserDataSpec) -> String {
 mod tests {
     use super::*;
     use kib_vm::seed::{ConfigDrive, Seed};
-    use std::io::Read;
 
     fn spec() -> UserDataSpec {
         UserDataSpec::new(vec![
@@ -177,7 +179,8 @@ mod tests {
             .map(|c| c.as_str().unwrap())
             .collect();
         assert_eq!(runcmd.last(), Some(&KUBEADM_INIT_CMD));
-        assert!(runcmd[0].contains("command -v kubeadm") && runcmd[0].contains("exit 0"));
+        // Nothing turns a missing kubeadm into success.
+        assert!(!runcmd.iter().any(|c| c.contains("exit 0")), "{runcmd:?}");
         let user = &v["users"][0];
         assert_eq!(user["name"].as_str(), Some("capk"));
         assert_eq!(user["sudo"].as_str(), Some("ALL=(ALL) NOPASSWD:ALL"));
@@ -228,38 +231,36 @@ mod tests {
         let v = parse(&render(&spec()));
         let runcmd = v["runcmd"].as_sequence().unwrap();
         assert!(
-            runcmd[1]
+            runcmd[0]
                 .as_str()
                 .unwrap()
                 .contains("kubeadm version -o short")
         );
     }
 
+    /// The ConfigDrive the VM gets (ISO 9660, `config-2`, as KubeVirt writes it) carries the
+    /// user data and meta data under `openstack/latest/` (read back with isoinfo).
     #[test]
     fn configdrive_carries_the_user_data() {
         let ud = render(&spec());
-        let seed = Seed::from(ConfigDrive::new("kib-conformance", ud.clone()));
-        let image = seed.to_image().unwrap();
-        let fs =
-            fatfs::FileSystem::new(std::io::Cursor::new(image), fatfs::FsOptions::new()).unwrap();
-        assert_eq!(
-            fs.read_volume_label_from_root_dir().unwrap().as_deref(),
-            Some("config-2")
-        );
-        let mut text = String::new();
-        fs.root_dir()
-            .open_file("openstack/latest/user_data")
-            .unwrap()
-            .read_to_string(&mut text)
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        Seed::from(ConfigDrive::new("kib-conformance", ud.clone()))
+            .write_image(&path)
             .unwrap();
+        let read = |file: &str| {
+            let out = std::process::Command::new("isoinfo")
+                .args(["-R", "-i"])
+                .arg(&path)
+                .args(["-x", file])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let text = read("/openstack/latest/user_data");
         assert_eq!(text, ud);
-        let mut meta = String::new();
-        fs.root_dir()
-            .open_file("openstack/latest/meta_data.json")
-            .unwrap()
-            .read_to_string(&mut meta)
-            .unwrap();
-        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&read("/openstack/latest/meta_data.json")).unwrap();
         assert_eq!(meta["hostname"], "kib-conformance");
         parse(&text);
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use kib_conformance::cluster::{self, ClusterSpec};
 use kib_conformance::direct::{self, DirectOptions};
-use kib_conformance::manifest::ImageExpectations;
+use kib_conformance::manifest::{Expect, ImageExpectations};
 use kib_conformance::{CheckReport, Report};
 use kib_vm::{AccelRequest, Firmware, Vm as _};
 
@@ -68,6 +68,23 @@ impl From<AccelArg> for AccelRequest {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ExpectArg {
+    /// A plain cloud image: the Kubernetes checks are listed as not applicable.
+    Generic,
+    /// A Kubernetes node: versions, images and the kubeadm bootstrap must PASS.
+    Kubernetes,
+}
+
+impl From<ExpectArg> for Expect {
+    fn from(e: ExpectArg) -> Self {
+        match e {
+            ExpectArg::Generic => Expect::Generic,
+            ExpectArg::Kubernetes => Expect::Kubernetes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 enum ReportFormat {
     /// A table for people.
@@ -100,6 +117,11 @@ pub(crate) struct Args {
     /// `build-manifest.json` of the image (default: next to the qcow2).
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
+    /// What the image is, and so which checks it must pass (direct profile). Default: from the
+    /// build manifest (`kubernetes.requested` → kubernetes, else generic); without a manifest,
+    /// kubernetes: an undescribed image is held to the full gate.
+    #[arg(long, value_enum, value_name = "KIND")]
+    expect: Option<ExpectArg>,
     /// Leave the VM (or cluster) running afterwards and print how to get in; Ctrl-C stops it.
     #[arg(long)]
     keep: bool,
@@ -281,6 +303,7 @@ impl Args {
         };
         let mut opts = DirectOptions::new(&self.image, &work);
         opts.manifest = self.manifest.clone();
+        opts.expect = self.expect.map(Into::into);
         opts.firmware = self.firmware.into();
         opts.accel = self.accel.into();
         opts.grow_by = self.grow << 30;

@@ -163,6 +163,15 @@ impl Args {
                 "sudo apt-get install python3",
             ),
             ovmf(),
+            // `kib conformance` writes the ConfigDrive as ISO 9660 as KubeVirt does
+            // (xorrisofs when installed, else genisoimage; kib_vm::seed::Seed::write_iso).
+            tool(
+                "genisoimage (conformance ConfigDrive)",
+                "genisoimage",
+                "--version",
+                false,
+                "sudo apt-get install genisoimage",
+            ),
         ];
         let mut out = std::io::stdout().lock();
         match self.output {

@@ -1,4 +1,5 @@
-//! Cloud-init seeds: small vfat images written in-process with [`fatfs`] (no host tools needed).
+//! Cloud-init seeds: NoCloud as small vfat images written in-process with [`fatfs`] (no host
+//! tools needed), ConfigDrive as ISO 9660 written with `xorrisofs`/`genisoimage` as KubeVirt does.
 //!
 //! Two datasources are supported:
 //! - [`NoCloud`]: label `CIDATA`, files `user-data`, `meta-data` and optionally `network-config`.
@@ -29,6 +30,16 @@ pub enum SeedError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// `xorrisofs`/`genisoimage` failed or is not installed.
+    #[error("Failed to write the {label} ISO 9660 seed with `{tool}`: {stderr}")]
+    Iso {
+        /// The volume label of the seed being written.
+        label: &'static str,
+        /// The tool (`xorrisofs` or `genisoimage`).
+        tool: &'static str,
+        /// Its stderr, or why it could not be started.
+        stderr: String,
     },
     /// Writing the finished image to disk failed.
     #[error("Failed to write the seed image `{path}`")]
@@ -171,6 +182,68 @@ impl Seed {
         }
     }
 
+    /// The ISO 9660 volume id KubeVirt gives the seed: `config-2` (ConfigDrive) or `cidata`
+    /// (NoCloud).
+    pub fn iso_label(&self) -> &'static str {
+        match self {
+            Seed::NoCloud(_) => "cidata",
+            Seed::ConfigDrive(_) => "config-2",
+        }
+    }
+
+    /// Writes the seed as KubeVirt's virt-launcher does: the files staged in a directory, then
+    /// `xorrisofs -output F -volid LABEL -joliet -rock -partition_cyl_align on DIR`
+    /// (kubevirt/kubevirt `pkg/cloud-init/cloud-init.go`, `defaultIsoFunc`; older releases
+    /// ran `genisoimage` with the same flags, used here when `xorrisofs` is not installed).
+    /// Rock Ridge keeps the lower-case `openstack/latest/meta_data.json` names cloud-init
+    /// looks for. KubeVirt attaches the file as a raw virtio disk, as the VM layer does.
+    pub fn write_iso(&self, path: &Path) -> Result<(), SeedError> {
+        let label = self.iso_label();
+        let stage_err = |file: &str| {
+            let file = file.to_owned();
+            move |source| SeedError::Filesystem {
+                label,
+                file,
+                source,
+            }
+        };
+        let stage = tempfile::tempdir().map_err(stage_err("/"))?;
+        for (name, contents) in self.files() {
+            let p = stage.path().join(&name);
+            if let Some(parent) = p.parent() {
+                fs_err::create_dir_all(parent).map_err(stage_err(&name))?;
+            }
+            fs_err::write(&p, contents).map_err(stage_err(&name))?;
+        }
+        let (tool, extra): (&'static str, &[&str]) = if which("xorrisofs") {
+            ("xorrisofs", &["-partition_cyl_align", "on"])
+        } else {
+            ("genisoimage", &[])
+        };
+        let out = std::process::Command::new(tool)
+            .arg("-quiet")
+            .arg("-output")
+            .arg(path)
+            .args(["-volid", label, "-joliet", "-rock"])
+            .args(extra)
+            .arg(stage.path())
+            .output()
+            .map_err(|e| SeedError::Iso {
+                label,
+                tool,
+                stderr: format!("{e} (install xorriso or genisoimage)"),
+            })?;
+        if !out.status.success() {
+            let _ = fs_err::remove_file(path);
+            return Err(SeedError::Iso {
+                label,
+                tool,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The raw vfat image of the seed.
     pub fn to_image(&self) -> Result<Vec<u8>, SeedError> {
         let label = self.label();
@@ -220,14 +293,27 @@ impl Seed {
         Ok(disk.into_inner())
     }
 
-    /// Writes the vfat image to `path` (raw format).
+    /// Writes the seed the VM gets to `path` (raw format): a ConfigDrive as ISO 9660, as
+    /// KubeVirt writes it ([`Seed::write_iso`]), so an image that cannot read ISO 9660 fails
+    /// here as it would in a cluster; a NoCloud seed (kib's own build seed) as vfat, written
+    /// in-process ([`Seed::to_image`]): the build seed is kib's means to provision, not a
+    /// claim about how KubeVirt boots the image, and needs no host tool.
     pub fn write_image(&self, path: &Path) -> Result<(), SeedError> {
+        if matches!(self, Seed::ConfigDrive(_)) {
+            return self.write_iso(path);
+        }
         let image = self.to_image()?;
         fs_err::write(path, image).map_err(|source| SeedError::Write {
             path: path.to_owned(),
             source,
         })
     }
+}
+
+/// Whether `program` is on PATH.
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
 /// Writes a volume-label entry into the first slot of a freshly formatted FAT12/16 root directory.
@@ -427,5 +513,36 @@ mod tests {
         assert_eq!(v["ssh_pwauth"].as_bool(), Some(false));
         assert_eq!(v["resize_rootfs"].as_bool(), Some(true));
         assert_eq!(v["growpart"]["mode"].as_str(), Some("auto"));
+    }
+
+    /// What the VM gets for a ConfigDrive is an ISO 9660 `config-2` volume with the
+    /// `openstack/latest/` layout (read back with blkid and isoinfo, both from the host).
+    #[test]
+    fn configdrive_is_written_as_iso9660_config_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seed.img");
+        let seed = Seed::from(ConfigDrive::new("kib-iso", "#cloud-config\n"));
+        seed.write_image(&path).unwrap();
+        let blkid = std::process::Command::new("blkid")
+            .args(["-p", "-o", "export"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&blkid.stdout);
+        assert!(text.contains("TYPE=iso9660"), "{text}");
+        assert!(text.contains("LABEL=config-2"), "{text}");
+        let read = |file: &str| {
+            let out = std::process::Command::new("isoinfo")
+                .args(["-R", "-i"])
+                .arg(&path)
+                .args(["-x", file])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(read("/openstack/latest/user_data"), "#cloud-config\n");
+        let meta: serde_json::Value =
+            serde_json::from_str(&read("/openstack/latest/meta_data.json")).unwrap();
+        assert_eq!(meta["hostname"], "kib-iso");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kib_vm::Vm;
 
-use super::{chain, check_body, run, run_ok};
+use super::{OPT_IN, chain, check_body, run, run_ok};
 use crate::check::{Check, CheckResult};
 use crate::context::Context;
 
@@ -94,7 +94,15 @@ impl Check for GuestAgent {
 /// The processes holding a watchdog device open: `pid comm device` lines.
 const WATCHDOG_HOLDERS: &str = include_str!("../scripts/watchdog-holders.sh");
 
-/// 4. `/dev/watchdog` exists and a daemon holds it.
+/// The identity the kernel's i6300esb driver gives its device (`ESB_MODULE_NAME`,
+/// `drivers/watchdog/i6300esb.c`: `"i6300ESB timer"`); softdog says `Software Watchdog`.
+pub const I6300ESB_IDENTITY: &str = "i6300ESB";
+
+/// Every watchdog device: `name|identity|state` lines (`state` is `active` once a daemon
+/// opened and started it; empty on kernels without the attribute).
+const WATCHDOG_DEVICES: &str = r#"for d in /sys/class/watchdog/watchdog*; do [ -e "$d/identity" ] && echo "${d##*/}|$(cat "$d/identity")|$(cat "$d/state" 2>/dev/null)"; done; true"#;
+
+/// 4. The i6300esb device KubeVirt attaches is there, and a daemon pets it.
 pub struct Watchdog;
 
 impl Check for Watchdog {
@@ -102,43 +110,80 @@ impl Check for Watchdog {
         "watchdog"
     }
     fn title(&self) -> &'static str {
-        "i6300esb /dev/watchdog present and held by a daemon"
+        "the i6300ESB watchdog KubeVirt attaches is present, active and held by a daemon"
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
-            let dev = run(
-                ctx,
-                "test -c /dev/watchdog && cat /sys/class/watchdog/watchdog0/identity 2>/dev/null",
-                false,
-            )
-            .await?;
-            if !dev.success() {
-                let lspci = run(ctx, "lsmod | grep -i -e i6300 -e wdt; true", false).await?;
-                return Err(CheckResult::fail(format!(
-                    "/dev/watchdog is missing (driver i6300esb not loaded? lsmod: `{}`)",
-                    lspci.out()
-                )));
-            }
-            let holders = run_ok(ctx, WATCHDOG_HOLDERS, true).await?;
-            let list: Vec<&str> = holders
+            let devices = run_ok(ctx, WATCHDOG_DEVICES, false).await?;
+            let list: Vec<(&str, &str, &str)> = devices
                 .stdout
                 .lines()
-                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| {
+                    let mut f = l.splitn(3, '|');
+                    Some((
+                        f.next()?.trim(),
+                        f.next()?.trim(),
+                        f.next().unwrap_or("").trim(),
+                    ))
+                })
+                .filter(|(n, _, _)| !n.is_empty())
                 .collect();
-            if list.is_empty() {
+            let seen = || {
+                list.iter()
+                    .map(|(n, i, _)| format!("{n}: {i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let Some(&(name, identity, state)) =
+                list.iter().find(|(_, i, _)| i.contains(I6300ESB_IDENTITY))
+            else {
+                let lsmod = run(
+                    ctx,
+                    "lsmod | grep -i -e i6300 -e wdt -e softdog; true",
+                    false,
+                )
+                .await?;
+                return Err(CheckResult::fail(format!(
+                    "no {I6300ESB_IDENTITY} watchdog (the device KubeVirt attaches); watchdog devices: [{}]; lsmod: `{}`",
+                    seen(),
+                    lsmod.out().replace('\n', " | ")
+                )));
+            };
+            // The daemon must hold this device: /dev/watchdogN, or /dev/watchdog for watchdog0.
+            let holders = run_ok(ctx, WATCHDOG_HOLDERS, true).await?;
+            let held: Vec<&str> = holders
+                .stdout
+                .lines()
+                .filter(|l| {
+                    let dev = l.split_whitespace().nth(2).unwrap_or("");
+                    dev == format!("/dev/{name}") || (name == "watchdog0" && dev == "/dev/watchdog")
+                })
+                .collect();
+            if held.is_empty() {
                 let svc = run(
                     ctx,
                     "systemctl is-active watchdog; systemctl is-enabled watchdog",
                     false,
                 )
                 .await?;
+                let others: Vec<&str> = holders
+                    .stdout
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect();
                 return Err(CheckResult::fail(format!(
-                    "{} is present but no process holds it (watchdog.service: {})",
-                    dev.out(),
-                    svc.stdout.split_whitespace().collect::<Vec<_>>().join("/")
+                    "{name} ({identity}) is present but no process holds it (watchdog.service: {}; holders of other devices: [{}])",
+                    svc.stdout.split_whitespace().collect::<Vec<_>>().join("/"),
+                    others.join(", ")
                 )));
             }
-            tracing::info!(holders = ?list, "watchdog held");
+            if !state.is_empty() && state != "active" {
+                return Err(CheckResult::fail(format!(
+                    "{name} ({identity}) is held by [{}] but its state is `{state}`: nobody started it",
+                    held.join(", ")
+                )));
+            }
+            tracing::info!(device = name, holders = ?held, "watchdog held");
             Ok(CheckResult::Pass)
         })
     }
@@ -158,13 +203,18 @@ impl Check for WatchdogFires {
         if ctx.watchdog_fire {
             Ok(())
         } else {
-            Err("not asked for (`--watchdog-fire`; it resets the VM)".to_owned())
+            Err(format!("{OPT_IN} (`--watchdog-fire`; it resets the VM)"))
         }
+    }
+    fn required(&self, _ctx: &Context) -> bool {
+        false
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
-            let mut qmp = ctx
-                .vm
+            let Some(vm) = ctx.vm.as_ref() else {
+                return Err(CheckResult::fail("no VM behind this context: no QMP"));
+            };
+            let mut qmp = vm
                 .qmp()
                 .await
                 .map_err(|e| CheckResult::fail(format!("no QMP: {}", chain(&e))))?;

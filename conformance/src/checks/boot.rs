@@ -28,9 +28,9 @@ impl Check for CloudInit {
                 .to_owned();
             if !out.success() || status != "done" {
                 return Err(CheckResult::fail(format!(
-                    "cloud-init status is `{status}` ({}); errors: {}",
+                    "cloud-init status is `{status}` ({}); {}",
                     out.status.map_or("?".into(), |s| format!("exit {s}")),
-                    error_lines(&text)
+                    failure_detail(&text)
                 )));
             }
             // The datasource must be the ConfigDrive CAPK attaches.
@@ -84,6 +84,36 @@ fn error_lines(status_long: &str) -> String {
         "none listed".to_owned()
     } else {
         out.join(" | ")
+    }
+}
+
+/// What `cloud-init status --long` says went wrong: its `errors`, or, when it lists none, its
+/// `detail:` line (which names the failing module or datasource).
+fn failure_detail(status_long: &str) -> String {
+    let errors = error_lines(status_long);
+    if errors != "none listed" {
+        return format!("errors: {errors}");
+    }
+    let mut lines = status_long.lines();
+    let detail = lines
+        .by_ref()
+        .find_map(|l| l.trim().strip_prefix("detail:"))
+        .map(str::trim)
+        .unwrap_or("");
+    // `detail:` may carry its text on the following indented lines.
+    let detail = if detail.is_empty() {
+        lines
+            .take_while(|l| l.starts_with(' ') || l.starts_with('\t'))
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        detail.to_owned()
+    };
+    if detail.is_empty() {
+        "errors: none listed, no detail".to_owned()
+    } else {
+        format!("errors: none listed; detail: {detail}")
     }
 }
 

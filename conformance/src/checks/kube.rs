@@ -1,5 +1,6 @@
 //! Kubernetes checks: versions, pre-pulled images, the CABPK bootstrap and the node turning
-//! Ready. All SKIP on an image without kubeadm.
+//! Ready. Required of an image that claims to be a Kubernetes node (a missing kubeadm FAILs
+//! them); SKIP on an image that claims to be generic.
 
 use std::time::{Duration, Instant};
 
@@ -7,7 +8,7 @@ use base64::Engine as _;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{chain, check_body, need_kubeadm, run, run_ok};
+use super::{OPT_IN, chain, check_body, kubernetes_required, need_kubernetes, run, run_ok};
 use crate::check::{Check, CheckResult};
 use crate::context::{Context, shell_quote};
 use crate::manifest::{same_version, version_in};
@@ -29,19 +30,23 @@ impl Check for Versions {
         "kubeadm/kubelet/kubectl/containerd/crictl versions equal the build manifest's"
     }
     fn can_run(&self, ctx: &Context) -> Result<(), String> {
-        need_kubeadm(ctx)?;
+        need_kubernetes(ctx)?;
         match &ctx.expected {
-            None => Err("no build-manifest.json next to the image (pass `--manifest`)".to_owned()),
-            Some(e) if e.kubernetes.is_none() => Err(format!(
-                "`{}` names no Kubernetes version",
-                e.path.display()
-            )),
+            None => Err(
+                "no build-manifest.json next to the image (pass `--manifest`): nothing to compare the versions with"
+                    .to_owned(),
+            ),
             Some(_) => Ok(()),
         }
     }
+    fn required(&self, ctx: &Context) -> bool {
+        kubernetes_required(ctx)
+    }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
-            let e = ctx.expected.as_ref().expect("can_run checked it");
+            let Some(e) = ctx.expected.as_ref() else {
+                return Err(CheckResult::fail("no build manifest to compare with"));
+            };
             let k8s = e.kubernetes.clone();
             let tools: Vec<(&str, &str, Option<String>)> = vec![
                 ("kubeadm", "kubeadm version -o short", k8s.clone()),
@@ -57,8 +62,13 @@ impl Check for Versions {
             let mut problems = Vec::new();
             let mut seen = Vec::new();
             for (tool, cmd, want) in tools {
+                // A tool the manifest does not name cannot be compared: that is a failure,
+                // not a pass.
                 let Some(want) = want else {
-                    seen.push(format!("{tool}: not in manifest"));
+                    problems.push(format!(
+                        "{tool}: no version in `{}` to compare with",
+                        e.path.display()
+                    ));
                     continue;
                 };
                 let out = run(
@@ -95,10 +105,30 @@ impl Check for Images {
         "pre-pulled images present in containerd (crictl images)"
     }
     fn can_run(&self, ctx: &Context) -> Result<(), String> {
-        need_kubeadm(ctx)
+        need_kubernetes(ctx)
+    }
+    fn required(&self, ctx: &Context) -> bool {
+        kubernetes_required(ctx)
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
+            // The build records what it pre-pulled (the CNI's images, pause): an empty or
+            // missing list proves nothing, so it fails rather than passing vacuously.
+            let recorded = ctx
+                .expected
+                .as_ref()
+                .map(|e| e.images.as_slice())
+                .unwrap_or(&[]);
+            if recorded.is_empty() {
+                return Err(CheckResult::fail(match &ctx.expected {
+                    Some(e) => format!(
+                        "`{}` lists no pre-pulled image (versions.json `images`/`pause_image`)",
+                        e.path.display()
+                    ),
+                    None => "no build manifest lists the pre-pulled images (pass `--manifest`)"
+                        .to_owned(),
+                }));
+            }
             // The control-plane images of the image's own kubeadm, plus the manifest's list.
             let list = run_ok(
                 ctx,
@@ -119,6 +149,11 @@ impl Check for Images {
                         want.push(i.clone());
                     }
                 }
+            }
+            if want.is_empty() {
+                return Err(CheckResult::fail(
+                    "kubeadm lists no control-plane image: nothing proves the pre-pull",
+                ));
             }
             let out = run_ok(ctx, "PATH=$PATH:/usr/local/bin crictl images -o json", true).await?;
             let v: Value = serde_json::from_str(&out.stdout).map_err(|e| {
@@ -298,7 +333,10 @@ impl Check for Bootstrap {
         "CABPK `kubeadm init` wrote the sentinel (read as capk, as CAPK does) and the API server lists the node"
     }
     fn can_run(&self, ctx: &Context) -> Result<(), String> {
-        need_kubeadm(ctx)
+        need_kubernetes(ctx)
+    }
+    fn required(&self, ctx: &Context) -> bool {
+        kubernetes_required(ctx)
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
@@ -345,11 +383,14 @@ impl Check for NodeReady {
         "with the pre-pulled CNI applied, the node turns Ready"
     }
     fn can_run(&self, ctx: &Context) -> Result<(), String> {
-        need_kubeadm(ctx)?;
+        need_kubernetes(ctx)?;
         if ctx.cni_manifest.is_none() {
-            return Err("no CNI manifest given (`--cni-manifest`)".to_owned());
+            return Err(format!("{OPT_IN} (`--cni-manifest`)"));
         }
         Ok(())
+    }
+    fn required(&self, _ctx: &Context) -> bool {
+        false
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {

@@ -4,6 +4,8 @@ mod agent;
 mod boot;
 mod kube;
 mod script;
+#[cfg(test)]
+mod scripted_tests;
 mod security;
 
 pub use agent::{GuestAgent, KUBEVIRT_REQUIRED_RPCS, Watchdog, WatchdogFires};
@@ -14,6 +16,7 @@ pub use security::{Audit, Firewall};
 
 use crate::check::{Check, CheckResult};
 use crate::context::{Context, ExecOutput, ShellError};
+use crate::manifest::Expect;
 
 /// Every check of the `direct` profile, in order. [`WatchdogFires`] comes last: it reboots the
 /// guest.
@@ -42,15 +45,25 @@ pub fn direct_checks_with(scripts: Vec<ScriptCheck>) -> Vec<Box<dyn Check>> {
     checks
 }
 
-/// The skip reason of the kubeadm checks on a generic image.
-pub const NO_KUBEADM: &str = "no kubeadm in this image";
+/// The skip reason of the Kubernetes checks on an image that claims to be generic.
+pub const NOT_KUBERNETES: &str =
+    "not a Kubernetes image (`--expect generic`, or its build manifest requests no Kubernetes)";
 
-fn need_kubeadm(ctx: &Context) -> Result<(), String> {
-    if ctx.has_kubeadm {
-        Ok(())
-    } else {
-        Err(NO_KUBEADM.to_owned())
+/// The skip reason of an opt-in check nobody asked for starts with this.
+pub const OPT_IN: &str = "opt-in, not asked for";
+
+/// The Kubernetes checks run when the image claims to be a Kubernetes node (never probed:
+/// an image that lost kubeadm must FAIL, not skip).
+fn need_kubernetes(ctx: &Context) -> Result<(), String> {
+    match ctx.expect {
+        Expect::Kubernetes => Ok(()),
+        Expect::Generic => Err(NOT_KUBERNETES.to_owned()),
     }
+}
+
+/// Whether the Kubernetes checks are required.
+fn kubernetes_required(ctx: &Context) -> bool {
+    ctx.expect == Expect::Kubernetes
 }
 
 /// Runs `cmd` (as root when `root`) and turns a transport error into a failure.

@@ -9,6 +9,8 @@ use tokio::io::AsyncReadExt;
 use super::{check_body, run, run_ok};
 use crate::check::{Check, CheckResult};
 use crate::context::Context;
+use crate::manifest::{DEFAULT_CNI, Expect, overlay_ports};
+use crate::userdata::BOOTSTRAP_SENTINEL;
 
 /// What the probe listener sends to every client.
 pub const PROBE_BANNER: &str = "kib-conformance-probe";
@@ -90,6 +92,65 @@ async fn probe_from_host(
     ))
 }
 
+/// A TLS handshake (and any HTTP answer) from the host with the API server through the
+/// forwarded port. The certificate is not verified: the handshake itself is the proof that
+/// the API server, not a stand-in, is reachable; the kubeadm checks verify it with the CA.
+async fn api_server_tls(ctx: &Context) -> Result<(), String> {
+    let addr = ctx
+        .forwarded(super::API_SERVER_PORT)
+        .ok_or("the API server port is not forwarded (runner bug)")?;
+    let http = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .tls_danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .map_err(|e| format!("HTTP client: {}", super::chain(&e)))?;
+    let url = format!("https://127.0.0.1:{}/version", addr.port());
+    http.get(&url)
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| format!("GET {url}: {}", super::chain(&e)))
+}
+
+/// The nftables table kib's firewall role writes (`firewall_table` in
+/// `playbook/roles/firewall/defaults/main.yml`).
+pub const KIB_FIREWALL_TABLE: &str = "kib_filter";
+
+/// Whether kib's ruleset opens the overlay ports of the CNI the image is made for (the
+/// manifest's `cni`, else calico): `Some(problem)` when one is not open. User networking
+/// cannot carry an overlay's UDP between nodes, so this reads the loaded ruleset's sets.
+async fn overlay_problem(ctx: &Context) -> Result<Option<String>, CheckResult> {
+    let cni = ctx
+        .expected
+        .as_ref()
+        .and_then(|e| e.cni.clone())
+        .unwrap_or_else(|| DEFAULT_CNI.to_owned());
+    let Some(ports) = overlay_ports(&cni) else {
+        return Ok(Some(format!(
+            "the image is made for CNI `{cni}`, whose overlay ports kib does not know"
+        )));
+    };
+    let mut closed = Vec::new();
+    for (port, proto) in ports {
+        let out = run(
+            ctx,
+            &format!("nft get element inet {KIB_FIREWALL_TABLE} {proto}_ports '{{ {port} }}'"),
+            true,
+        )
+        .await?;
+        if !out.success() {
+            closed.push(format!("{port}/{proto}"));
+        }
+    }
+    Ok((!closed.is_empty()).then(|| {
+        format!(
+            "the overlay ports of {cni} are not open in `inet {KIB_FIREWALL_TABLE}`: {}",
+            closed.join(", ")
+        )
+    }))
+}
+
 /// Check 5: a listening port not on the firewall's list is unreachable from outside; 22 and
 /// the API server's 6443 (CAPK's and CAPI's way in) are reachable.
 pub struct Firewall;
@@ -99,7 +160,7 @@ impl Check for Firewall {
         "firewall"
     }
     fn title(&self) -> &'static str {
-        "unlisted listening port unreachable from the host, 22/tcp and 6443/tcp reachable"
+        "unlisted listening port unreachable from the host; 22/tcp, the API server on 6443/tcp and the CNI's overlay ports open"
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
@@ -109,17 +170,44 @@ impl Check for Firewall {
                     "guest port {port} is already in use: nothing to probe the firewall with"
                 )));
             };
-            // Before the bootstrap nothing listens on 6443: a stand-in listener shows whether
-            // the firewall lets the API server's port through.
-            let api = probe_from_host(ctx, super::API_SERVER_PORT, Duration::from_secs(15)).await?;
-            let ssh = banner(ctx.vm_ssh_addr(), Duration::from_secs(15)).await;
             let mut problems = Vec::new();
-            if api == Some(false) {
-                problems.push(format!(
-                    "{}/tcp (the API server's port) is not reachable from outside",
-                    super::API_SERVER_PORT
-                ));
+            let api_port = super::API_SERVER_PORT;
+            match ctx.expect {
+                // A Kubernetes node: cloud-init (waited for by the cloud-init check) ran
+                // `kubeadm init`, so the real API server must answer a TLS handshake from the
+                // host. Without the bootstrap there is nothing to probe, and an unprobed port
+                // proves nothing: that fails too.
+                Expect::Kubernetes => {
+                    let done = run(ctx, &format!("cat {BOOTSTRAP_SENTINEL}"), false).await?;
+                    if done.out() != "success" {
+                        problems.push(format!(
+                            "{api_port}/tcp not probed: kubeadm did not bootstrap (no `{BOOTSTRAP_SENTINEL}`)"
+                        ));
+                    } else if let Err(e) = api_server_tls(ctx).await {
+                        problems.push(format!(
+                            "the API server on {api_port}/tcp does not answer from outside: {e}"
+                        ));
+                    }
+                }
+                // A generic image runs no API server: a stand-in listener shows whether the
+                // firewall lets the port through.
+                Expect::Generic => {
+                    let api = probe_from_host(ctx, api_port, Duration::from_secs(15)).await?;
+                    match api {
+                        Some(true) => {}
+                        Some(false) => problems.push(format!(
+                            "{api_port}/tcp (the API server's port) is not reachable from outside"
+                        )),
+                        None => problems.push(format!(
+                            "{api_port}/tcp is busy in a generic image: not probed"
+                        )),
+                    }
+                }
             }
+            if let Some(p) = overlay_problem(ctx).await? {
+                problems.push(p);
+            }
+            let ssh = banner(ctx.vm_ssh_addr(), Duration::from_secs(15)).await;
             if outside {
                 let rules = run(
                     ctx,
@@ -147,18 +235,32 @@ impl Check for Firewall {
     }
 }
 
-/// The key prefix of kib's audit rules (`playbook/roles/audit`).
-pub const KIB_AUDIT_KEY_PREFIX: &str = "kib-";
+/// The rules file the playbook installs (`audit_rules_file` in
+/// `playbook/roles/audit/defaults/main.yml`), shipped in the image: the expected rules.
+///
+/// Read from the image rather than from the build manifest because the manifest does not
+/// record the rules; the file is what augenrules/audit-rules.service load at boot, so every
+/// rule in it must be loaded, and a missing file is a failure of its own.
+pub const KIB_AUDIT_RULES_FILE: &str = "/etc/audit/rules.d/60-kib-kubernetes.rules";
 
-/// 6. auditd runs and kib's rules are loaded.
+/// 6. auditd runs and every rule the playbook installed was loaded at boot.
 pub struct Audit;
+
+/// The rule lines of an audit rules file or of `auditctl -l`, whitespace-normalised, comments,
+/// blank lines and control lines (`-D`, `-b`, `-f`, `-e`, `--backlog_wait_time`) dropped.
+fn rule_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| l.starts_with("-w ") || l.starts_with("-a "))
+        .collect()
+}
 
 impl Check for Audit {
     fn name(&self) -> &'static str {
         "audit"
     }
     fn title(&self) -> &'static str {
-        "auditd active with kib's rules loaded"
+        "auditd active with every rule of kib's rules file loaded at boot (auditctl -l)"
     }
     fn run<'a>(&'a self, ctx: &'a Context) -> BoxFuture<'a, CheckResult> {
         check_body!(async {
@@ -166,23 +268,33 @@ impl Check for Audit {
             if active.out() != "active" {
                 return Err(CheckResult::fail(format!("auditd is `{}`", active.out())));
             }
-            let rules = run_ok(ctx, "auditctl -l", true).await?;
-            let ours: Vec<&str> = rules
-                .stdout
-                .lines()
-                .filter(|l| {
-                    l.contains(&format!("-k {KIB_AUDIT_KEY_PREFIX}"))
-                        || l.contains(&format!("key={KIB_AUDIT_KEY_PREFIX}"))
-                })
-                .collect();
-            if ours.is_empty() {
-                let n = rules.stdout.lines().filter(|l| l.starts_with('-')).count();
+            let file = run(ctx, &format!("cat {KIB_AUDIT_RULES_FILE}"), true).await?;
+            let want = rule_lines(&file.stdout);
+            if !file.success() || want.is_empty() {
                 return Err(CheckResult::fail(format!(
-                    "no audit rule with a `{KIB_AUDIT_KEY_PREFIX}*` key is loaded ({n} other rules; `{}`)",
-                    rules.out().lines().next().unwrap_or("")
+                    "kib's audit rules file `{KIB_AUDIT_RULES_FILE}` is missing or holds no rule ({})",
+                    file.describe()
                 )));
             }
-            tracing::info!(rules = ours.len(), "kib audit rules loaded");
+            // Nothing has loaded rules since boot but the boot itself (augenrules via
+            // audit-rules.service or auditd's own start): what `auditctl -l` lists now is what
+            // loads at boot.
+            let loaded = run_ok(ctx, "auditctl -l", true).await?;
+            let have = rule_lines(&loaded.stdout);
+            let missing: Vec<&String> = want.iter().filter(|w| !have.contains(w)).collect();
+            if !missing.is_empty() {
+                return Err(CheckResult::fail(format!(
+                    "{} of the {} rules in `{KIB_AUDIT_RULES_FILE}` are not loaded after boot: {}",
+                    missing.len(),
+                    want.len(),
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
+            }
+            tracing::info!(rules = want.len(), "kib audit rules loaded");
             Ok(CheckResult::Pass)
         })
     }
