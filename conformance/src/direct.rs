@@ -314,10 +314,15 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         .collect::<Result<Vec<_>, _>>()
         .map_err(DirectError::CheckScript)?;
     let work = opts.work_dir.clone();
-    fs_err::create_dir_all(&work).map_err(|source| DirectError::WorkDir {
-        path: work.clone(),
-        source,
-    })?;
+    fs_err::create_dir_all(&work)
+        // It holds the test's SSH private key and the guest's console: the user's only.
+        .and_then(|()| {
+            fs_err::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        })
+        .map_err(|source| DirectError::WorkDir {
+            path: work.clone(),
+            source,
+        })?;
 
     reporter.on_phase("resolving the image");
     let disk = crate::image::resolve(&opts.source, &work, opts.tls_verify)
