@@ -34,6 +34,15 @@ const HASH_BUFFER: usize = 1 << 20;
 /// Errors from finding, downloading and verifying the base image.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// The image names other files or has a format kib does not accept.
+    #[error("The base image `{image}` is refused")]
+    Refused {
+        /// The source, with any credentials removed.
+        image: String,
+        /// Why.
+        #[source]
+        source: kib_vm::image::DiskImageError,
+    },
     /// The image source is a URL with a scheme kib cannot download.
     #[error("Base image `{image}` is neither an http(s) URL nor a local path")]
     UnsupportedSource {
@@ -157,6 +166,7 @@ impl CacheError {
     /// A suggestion for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
+            CacheError::Refused { source, .. } => source.hint(),
             CacheError::NoChecksum { .. } => Some(
                 "pass `--base-checksum sha256:…|file:URL` (or set `checksum` in `[base]` of kib.toml), \
                  or `--insecure-skip-checksum` to use the image unverified"
@@ -250,7 +260,9 @@ pub struct ResolvedImage {
     pub source: String,
     /// Its size in bytes.
     pub size: u64,
-    /// Its disk format, from its first bytes: `qcow2` or `raw` (for `qemu-img -F`).
+    /// Its disk format, decided from its bytes by [`kib_vm::image::inspect`]: `qcow2` or `raw`
+    /// (for `qemu-img -F`). Images that name other files (a backing file, an external data
+    /// file, VMDK extents) are refused before they get here.
     pub format: String,
     /// Whether a cached copy was used instead of downloading.
     pub from_cache: bool,
@@ -308,7 +320,37 @@ impl BaseImage {
     /// `insecure_skip_checksum` is set, in which case a warning goes to `reporter` and the
     /// image is always downloaded again (it is still stored under its computed SHA-256).
     /// Download and hashing progress goes to `reporter` as transfers.
+    ///
+    /// The verified image is then inspected ([`kib_vm::image::inspect`]): only a
+    /// self-contained qcow2 or a raw image is accepted, since `qemu-img convert` would copy any
+    /// file a backing chain names into the exported image.
     pub async fn resolve(
+        source: &str,
+        checksum: Option<ChecksumSource>,
+        insecure_skip_checksum: bool,
+        cache_dir: &Path,
+        reporter: &dyn Reporter,
+    ) -> Result<ResolvedImage, CacheError> {
+        let mut image = Self::find(
+            source,
+            checksum,
+            insecure_skip_checksum,
+            cache_dir,
+            reporter,
+        )
+        .await?;
+        let disk = kib_vm::image::inspect_async(&image.path)
+            .await
+            .map_err(|source| CacheError::Refused {
+                image: image.source.clone(),
+                source,
+            })?;
+        image.format = disk.format.as_str().to_owned();
+        Ok(image)
+    }
+
+    /// [`BaseImage::resolve`] without the inspection.
+    async fn find(
         source: &str,
         checksum: Option<ChecksumSource>,
         insecure_skip_checksum: bool,
@@ -378,8 +420,7 @@ async fn check_cached(
     if !tokio::fs::try_exists(cached).await.unwrap_or(false) {
         return Ok(None);
     }
-    let (actual, size, format) =
-        hash_file(cached, &format!("verify cached {name}"), reporter).await?;
+    let (actual, size) = hash_file(cached, &format!("verify cached {name}"), reporter).await?;
     if &actual == expected {
         tracing::debug!(path = %cached.display(), "base image found in the cache");
         return Ok(Some(ResolvedImage {
@@ -388,7 +429,7 @@ async fn check_cached(
             name: name.to_owned(),
             source: redact_url(url),
             size,
-            format,
+            format: String::new(),
             from_cache: true,
         }));
     }
@@ -417,7 +458,7 @@ async fn resolve_local(
             path: path.to_owned(),
         });
     }
-    let (actual, size, format) = hash_file(path, &format!("verify {name}"), reporter).await?;
+    let (actual, size) = hash_file(path, &format!("verify {name}"), reporter).await?;
     if let Some(expected) = expected
         && expected != actual
     {
@@ -433,7 +474,7 @@ async fn resolve_local(
         name,
         source: path.display().to_string(),
         size,
-        format,
+        format: String::new(),
         from_cache: false,
     })
 }
@@ -487,7 +528,6 @@ async fn download(
     reporter.on_transfer_start(&format!("download {name}"), total);
     let mut hasher = Sha256::new();
     let mut received: u64 = 0;
-    let mut magic = FormatSniffer::default();
     let mut stream = response.bytes_stream();
     let result = async {
         while let Some(chunk) = stream.next().await {
@@ -495,7 +535,6 @@ async fn download(
                 url: shown.clone(),
                 source: e.without_url(),
             })?;
-            magic.feed(&chunk);
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(write_err)?;
             received += chunk.len() as u64;
@@ -541,7 +580,7 @@ async fn download(
         name: name.to_owned(),
         source: shown,
         size: received,
-        format: magic.format().to_owned(),
+        format: String::new(),
         from_cache: false,
     })
 }
@@ -551,7 +590,7 @@ async fn hash_file(
     path: &Path,
     what: &str,
     reporter: &dyn Reporter,
-) -> Result<(Checksum, u64, String), CacheError> {
+) -> Result<(Checksum, u64), CacheError> {
     let read_err = |e: std::io::Error| CacheError::Read {
         path: path.to_owned(),
         source: e,
@@ -562,14 +601,12 @@ async fn hash_file(
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_BUFFER];
     let mut size = 0u64;
-    let mut magic = FormatSniffer::default();
     let result = async {
         loop {
             let n = file.read(&mut buf).await.map_err(read_err)?;
             if n == 0 {
                 break Ok(());
             }
-            magic.feed(&buf[..n]);
             hasher.update(&buf[..n]);
             size += n as u64;
             reporter.on_transfer_progress(n as u64);
@@ -578,32 +615,7 @@ async fn hash_file(
     .await;
     reporter.on_transfer_done();
     result?;
-    Ok((
-        Checksum::from_digest(&hasher.finalize()),
-        size,
-        magic.format().to_owned(),
-    ))
-}
-
-/// Tells qcow2 from raw by the first four bytes (`QFI\xfb`).
-#[derive(Default)]
-struct FormatSniffer {
-    head: Vec<u8>,
-}
-
-impl FormatSniffer {
-    fn feed(&mut self, bytes: &[u8]) {
-        let want = 4usize.saturating_sub(self.head.len());
-        self.head.extend_from_slice(&bytes[..want.min(bytes.len())]);
-    }
-
-    fn format(&self) -> &'static str {
-        if self.head == b"QFI\xfb" {
-            "qcow2"
-        } else {
-            "raw"
-        }
-    }
+    Ok((Checksum::from_digest(&hasher.finalize()), size))
 }
 
 /// Reads a CHECKSUM file (download or disk) and finds `name` in it.

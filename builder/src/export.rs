@@ -154,8 +154,9 @@ impl ImageInfo {
     }
 }
 
-/// Converts `disk` (any format qemu-img reads, with or without a backing chain) into
-/// `<out_dir>/<name>.<format>` plus `<name>.<format>.sha256`.
+/// Converts `disk` (the build VM's qcow2, whose backing chain kib made over a base image that
+/// [`kib_vm::image::inspect`] accepted) into `<out_dir>/<name>.<format>` plus
+/// `<name>.<format>.sha256`. The input is read as qcow2, never probed.
 pub async fn export(
     disk: &Path,
     out_dir: &Path,
@@ -183,7 +184,7 @@ pub async fn export(
             source,
         })?;
 
-    let input = info(disk).await?;
+    let input = info(disk, "qcow2").await?;
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .suffix(".partial")
@@ -213,7 +214,7 @@ pub async fn export(
     tracing::info!(disk = %disk.display(), %format, %compression, "exporting the image");
     run(&args, [disk, temp.path()], "convert", disk).await?;
 
-    let output = info(temp.path()).await?;
+    let output = info(temp.path(), format.as_str()).await?;
     if let Some(backing) = output.backing_filename {
         return Err(ExportError::HasBackingFile {
             path: temp.path().to_owned(),
@@ -285,8 +286,14 @@ pub async fn export(
     })
 }
 
-async fn info(path: &Path) -> Result<ImageInfo, ExportError> {
-    let args = ["info".to_owned(), "--output=json".to_owned()];
+/// `qemu-img info` with the format given, never probed.
+async fn info(path: &Path, format: &str) -> Result<ImageInfo, ExportError> {
+    let args = [
+        "info".to_owned(),
+        "--output=json".to_owned(),
+        "-f".to_owned(),
+        format.to_owned(),
+    ];
     let stdout = run(&args, [path], "info", path).await?;
     serde_json::from_slice(&stdout).map_err(|source| ExportError::Info {
         path: path.to_owned(),

@@ -406,6 +406,20 @@ impl<R: Runner> Pipeline<'_, R> {
             Stage::Export,
             &format!("{} ({})", cfg.output.format, cfg.output.compression),
         );
+        // The image and its manifest are a pair: a manifest left from an earlier build must
+        // never describe the new image, so it goes first; the new one is written last, and if
+        // anything fails in between the new image goes too (see `remove_export`).
+        let manifest_path = self.out_dir.join("build-manifest.json");
+        match fs_err::remove_file(&manifest_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BuildError::WorkDir {
+                    path: manifest_path,
+                    source,
+                });
+            }
+        }
         let image = export(
             &disk,
             self.out_dir,
@@ -417,40 +431,60 @@ impl<R: Runner> Pipeline<'_, R> {
         .map_err(BuildError::Export)?;
         self.done(Stage::Export, t);
 
-        let manifest = crate::manifest::assemble(
-            &self.request.kib_version,
-            self.request.git_revision.clone(),
-            &base,
-            &cfg.kubernetes.version,
-            accel,
-            &cfg.provisioners,
-            &self.durations,
-            &image,
-            &collect_dir,
-        )
-        .map_err(BuildError::Manifest)?;
-        // The collected files (package list, resolved versions) go next to the image, for the
-        // release artifacts and the SBOM attestation; the manifest lists their digests.
-        let collected = self.out_dir.join("collected");
-        if collected.exists() {
-            fs_err::remove_dir_all(&collected).map_err(|source| BuildError::WorkDir {
+        let written: Result<BuildManifest, BuildError> = async {
+            let manifest = crate::manifest::assemble(
+                &self.request.kib_version,
+                self.request.git_revision.clone(),
+                &base,
+                &cfg.kubernetes.version,
+                accel,
+                &cfg.provisioners,
+                &self.durations,
+                &image,
+                &collect_dir,
+            )
+            .map_err(BuildError::Manifest)?;
+            // The collected files (package list, resolved versions) go next to the image, for the
+            // release artifacts and the SBOM attestation; the manifest lists their digests.
+            let collected = self.out_dir.join("collected");
+            if collected.exists() {
+                fs_err::remove_dir_all(&collected).map_err(|source| BuildError::WorkDir {
+                    path: collected.clone(),
+                    source,
+                })?;
+            }
+            fs_err::rename(&collect_dir, &collected).map_err(|source| BuildError::WorkDir {
                 path: collected.clone(),
                 source,
             })?;
+            manifest
+                .write(&manifest_path)
+                .map_err(BuildError::Manifest)?;
+            Ok(manifest)
         }
-        fs_err::rename(&collect_dir, &collected).map_err(|source| BuildError::WorkDir {
-            path: collected.clone(),
-            source,
-        })?;
-        let manifest_path = self.out_dir.join("build-manifest.json");
-        manifest
-            .write(&manifest_path)
-            .map_err(BuildError::Manifest)?;
+        .await;
+        let manifest = match written {
+            Ok(m) => m,
+            Err(e) => {
+                remove_export(&image);
+                return Err(e);
+            }
+        };
         Ok(BuildOutput {
             image,
             manifest_path,
             manifest,
         })
+    }
+}
+
+/// Removes an exported image and its `.sha256` after the build failed to write its manifest:
+/// an image without its manifest is not a build output.
+fn remove_export(image: &crate::export::ExportedImage) {
+    for p in [&image.path, &image.checksum_path] {
+        if let Err(e) = std::fs::remove_file(p) {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove a half-written output");
+        }
     }
 }
 

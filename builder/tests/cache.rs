@@ -465,3 +465,58 @@ async fn local_images_are_verified_in_place() {
     .unwrap_err();
     assert!(matches!(err, CacheError::NotFound { .. }), "{err:?}");
 }
+
+/// A base image whose backing file is a host file (issue #16): `qemu-img convert` at export
+/// would copy that file into the signed image. It is refused after the checksum matches,
+/// downloaded or local, and neither the error nor the hint carries the host file's bytes.
+#[tokio::test]
+async fn a_base_image_with_a_backing_file_is_refused() {
+    let f = fixture();
+    let secret = f.root.join("host-secret");
+    std::fs::write(&secret, "kib-host-secret-9a7e".repeat(1000)).unwrap();
+    let hostile = f.root.join("hostile.qcow2");
+    run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            secret.to_str().unwrap(),
+            hostile.to_str().unwrap(),
+        ],
+    );
+    let sum: Checksum = format!("sha256:{}", sha256sum(&hostile)).parse().unwrap();
+    for source in [
+        hostile.to_str().unwrap().to_owned(),
+        format!("http://127.0.0.1:{}/hostile.qcow2", f.server.port),
+    ] {
+        let err = BaseImage::resolve(
+            &source,
+            Some(ChecksumSource::Value(sum.clone())),
+            false,
+            &f.cache,
+            &Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, CacheError::Refused { .. }), "{err:?}");
+        let shown = format!("{}\n{}", chain(&err), err.hint().unwrap_or_default());
+        assert!(shown.contains("has a backing file"), "{shown}");
+        assert!(!shown.contains("kib-host-secret"), "{shown}");
+    }
+    // The served qcow2 without a backing file is still accepted, as qcow2.
+    let ok = BaseImage::resolve(
+        f.root.join(IMAGE).to_str().unwrap(),
+        Some(ChecksumSource::Value(f.checksum.clone())),
+        false,
+        &f.cache,
+        &Recorder::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.format, "qcow2");
+}

@@ -135,6 +135,15 @@ pub enum DirectError {
     /// A `--check-script` could not be read.
     #[error("Failed to load a check script")]
     CheckScript(#[source] crate::checks::ScriptReadError),
+    /// The disk image names other files or has a format kib does not accept.
+    #[error("The image `{}` is refused", path.display())]
+    Refused {
+        /// The disk file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kib_vm::image::DiskImageError,
+    },
     /// `qemu-img` failed.
     #[error("`qemu-img {command}` failed for `{path}`: {stderr}")]
     QemuImg {
@@ -174,6 +183,7 @@ impl DirectError {
     pub fn hint(&self) -> Option<String> {
         match self {
             Self::Image { source, .. } => source.hint(),
+            Self::Refused { source, .. } => source.hint(),
             Self::Start(e) => e.hint(),
             Self::Manifest(e) => e.hint(),
             Self::QemuImg { .. } => {
@@ -231,26 +241,21 @@ async fn qemu_img(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The virtual size and format of a disk image.
+/// The virtual size and format of a disk image, decided from its bytes by
+/// [`kib_vm::image::inspect`]: a qcow2 with a backing or external data file, a VMDK descriptor
+/// (its extents are host files) or any other format is refused, never handed to QEMU.
 pub async fn image_info(path: &Path) -> Result<(u64, String), DirectError> {
-    let out = qemu_img(
-        &["info".as_ref(), "--output=json".as_ref(), path.as_os_str()],
-        "info",
-        path,
-    )
-    .await?;
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| DirectError::QemuImg {
-        command: "info",
-        path: path.into(),
-        stderr: e.to_string(),
-    })?;
-    Ok((
-        v["virtual-size"].as_u64().unwrap_or(0),
-        v["format"].as_str().unwrap_or("qcow2").to_owned(),
-    ))
+    let disk = kib_vm::image::inspect_async(path)
+        .await
+        .map_err(|source| DirectError::Refused {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok((disk.virtual_size, disk.format.as_str().to_owned()))
 }
 
-/// Creates a qcow2 overlay of `base` with virtual size `size`.
+/// Creates a qcow2 overlay of `base` with virtual size `size`; `format` is the base's format as
+/// [`image_info`] found it (recorded in the overlay, so QEMU never probes the base).
 pub async fn create_overlay(
     base: &Path,
     format: &str,
@@ -313,10 +318,15 @@ async fn run_inner(opts: DirectOptions, reporter: &dyn Reporter) -> Result<Direc
         .collect::<Result<Vec<_>, _>>()
         .map_err(DirectError::CheckScript)?;
     let work = opts.work_dir.clone();
-    fs_err::create_dir_all(&work).map_err(|source| DirectError::WorkDir {
-        path: work.clone(),
-        source,
-    })?;
+    fs_err::create_dir_all(&work)
+        // It holds the test's SSH private key and the guest's console: the user's only.
+        .and_then(|()| {
+            fs_err::set_permissions(&work, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        })
+        .map_err(|source| DirectError::WorkDir {
+            path: work.clone(),
+            source,
+        })?;
 
     reporter.on_phase("resolving the image");
     let disk = crate::image::resolve(&opts.source, &work, opts.tls_verify)

@@ -58,20 +58,87 @@ pub enum InputsError {
         /// The path given.
         path: PathBuf,
     },
+    /// The qcow2 names other files (a backing or external data file) or is not a qcow2.
+    #[error("The image `{}` is refused", path.display())]
+    Refused {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kib_vm::image::DiskImageError,
+    },
+    /// The file is a raw disk, not the qcow2 a containerDisk carries.
+    #[error("The image `{}` is a raw disk, not a qcow2", path.display())]
+    NotQcow2 {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The build manifest could not be read.
     #[error(transparent)]
     Manifest(#[from] ManifestReadError),
+    /// The qcow2 is not the file the build manifest describes.
+    #[error(
+        "The image `{}` does not match the build manifest `{}`: the manifest records {expected}, the file is {actual}",
+        path.display(), manifest.display()
+    )]
+    ManifestMismatch {
+        /// The qcow2.
+        path: PathBuf,
+        /// The build manifest.
+        manifest: PathBuf,
+        /// The SHA-256 the manifest records.
+        expected: String,
+        /// The file's SHA-256.
+        actual: String,
+    },
+    /// The qcow2 could not be read while hashing it.
+    #[error("Failed to read `{}`", path.display())]
+    Read {
+        /// The qcow2.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// git could not be run in the checkout.
     #[error(transparent)]
     Git(#[from] GitError),
 }
 
+impl InputsError {
+    /// A suggestion for the user.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            InputsError::Refused { source, .. } => source.hint(),
+            InputsError::NotQcow2 { path } => Some(format!(
+                "convert it: `qemu-img convert -f raw -O qcow2 {} disk.qcow2`",
+                path.display()
+            )),
+            InputsError::Manifest(e) => e.hint(),
+            InputsError::ManifestMismatch { .. } => Some(
+                "publish the qcow2 the build wrote next to its manifest, or pass the matching one with `--manifest`".to_owned(),
+            ),
+            _ => None,
+        }
+    }
+}
+
 impl ImageInputs {
-    /// Reads the build manifest and the git checkout, and fills in the layer, the metadata and
-    /// the tags.
+    /// Checks the qcow2 ([`kib_vm::image::inspect`]: a self-contained qcow2, decided from its
+    /// bytes), reads the build manifest and the git checkout, and fills in the layer, the
+    /// metadata and the tags.
     pub fn resolve(&self) -> Result<ResolvedImage, InputsError> {
         if !self.qcow2.is_file() {
             return Err(InputsError::MissingQcow2 {
+                path: self.qcow2.clone(),
+            });
+        }
+        let disk = kib_vm::image::inspect(&self.qcow2).map_err(|source| InputsError::Refused {
+            path: self.qcow2.clone(),
+            source,
+        })?;
+        if disk.format != kib_vm::image::DiskFormat::Qcow2 {
+            return Err(InputsError::NotQcow2 {
                 path: self.qcow2.clone(),
             });
         }
@@ -79,12 +146,24 @@ impl ImageInputs {
             .manifest
             .clone()
             .or_else(|| kib_manifest::beside(&self.qcow2));
-        let info: Option<BuildInfo> = manifest
-            .as_deref()
-            .map(kib_manifest::read)
-            .transpose()?
-            .as_ref()
-            .map(build_info_of);
+        let read = manifest.as_deref().map(kib_manifest::read).transpose()?;
+        if let (Some(path), Some(m)) = (&manifest, &read) {
+            // The labels and tags come from the manifest: it must describe this very file.
+            let (actual, _) =
+                kib_manifest::sha256_file(&self.qcow2).map_err(|source| InputsError::Read {
+                    path: self.qcow2.clone(),
+                    source,
+                })?;
+            if actual != m.output.sha256 {
+                return Err(InputsError::ManifestMismatch {
+                    path: self.qcow2.clone(),
+                    manifest: path.clone(),
+                    expected: m.output.sha256.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        let info: Option<BuildInfo> = read.as_ref().map(build_info_of);
         let epoch = build_info::source_date_epoch(info.as_ref());
         let git = git_info(&self.git_dir)?;
         let k8s = self
@@ -166,5 +245,84 @@ mod tests {
                 build_epoch: Some(1_795_773_600),
             }
         );
+    }
+
+    fn qemu_img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img (qemu-utils) is needed");
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn inputs(qcow2: &std::path::Path) -> ImageInputs {
+        ImageInputs {
+            qcow2: qcow2.to_owned(),
+            manifest: None,
+            compression: Compression::Gzip,
+            kubernetes_version: None,
+            source: None,
+            title: String::new(),
+            description: None,
+            instancetype: String::new(),
+            preference: String::new(),
+            tag_scheme: TagScheme {
+                tagged: String::new(),
+                untagged: String::new(),
+                moving: Vec::new(),
+            },
+            git_dir: qcow2.parent().unwrap().to_owned(),
+        }
+    }
+
+    /// Issue #16: a qcow2 whose backing file is a host file would put that file into the
+    /// published image; a qcow2 that is not the one the build manifest describes would get
+    /// that build's labels and tags.
+    #[test]
+    fn a_backing_file_or_a_manifest_mismatch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = |n: &str| dir.path().join(n);
+        std::fs::write(d("secret"), "kib-packager-secret".repeat(100)).unwrap();
+        let backed = d("backed.qcow2");
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            &s(&d("secret")),
+            &s(&backed),
+        ]);
+        let e = inputs(&backed).resolve().unwrap_err();
+        assert!(matches!(e, InputsError::Refused { .. }), "{e:?}");
+
+        let raw = d("disk.raw");
+        qemu_img(&["create", "-q", "-f", "raw", &s(&raw), "1M"]);
+        let e = inputs(&raw).resolve().unwrap_err();
+        assert!(matches!(e, InputsError::NotQcow2 { .. }), "{e:?}");
+
+        let good = d("node.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", &s(&good), "1M"]);
+        std::fs::write(d("build-manifest.json"), manifest_json().to_string()).unwrap();
+        let e = inputs(&good).resolve().unwrap_err();
+        assert!(matches!(e, InputsError::ManifestMismatch { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("does not match the build manifest"),
+            "{e}"
+        );
+        assert!(e.hint().is_some());
+
+        // The matching manifest passes the check (and resolution goes on to git).
+        let mut m = manifest_json();
+        let (sum, _) = kib_manifest::sha256_file(&good).unwrap();
+        m["output"]["sha256"] = serde_json::json!(sum.to_string());
+        std::fs::write(d("build-manifest.json"), m.to_string()).unwrap();
+        match inputs(&good).resolve() {
+            Ok(_) | Err(InputsError::Git(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
     }
 }

@@ -365,6 +365,9 @@ fn run_program(
     };
     let mut child = Command::new(program)
         .arg("get")
+        // A credential helper is another program: kib's own secrets are not its business.
+        .env_remove("COSIGN_PASSWORD")
+        .env_remove("KIB_REGISTRY_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -473,15 +473,22 @@ pub fn generate_key_pair(
     let public_key = with_suffix(prefix, "pub");
     if !overwrite {
         for path in [&private_key, &public_key] {
-            if path.exists() {
+            // `symlink_metadata`: a dangling symlink is an existing file too (it would
+            // redirect the private key elsewhere).
+            if fs_err::symlink_metadata(path).is_ok() {
                 return Err(KeyError::Exists { path: path.clone() });
             }
         }
     }
     let key = SigningKey::generate()?;
     let pem = key.to_encrypted_pem(password)?;
-    write_file(&private_key, pem.as_bytes(), 0o600)?;
-    write_file(&public_key, key.public_key().to_pem().as_bytes(), 0o644)?;
+    write_file(&private_key, pem.as_bytes(), 0o600, overwrite)?;
+    write_file(
+        &public_key,
+        key.public_key().to_pem().as_bytes(),
+        0o644,
+        overwrite,
+    )?;
     tracing::info!(private = %private_key.display(), public = %public_key.display(), "wrote a new key pair");
     Ok(KeyPairFiles {
         private_key,
@@ -496,26 +503,44 @@ fn with_suffix(prefix: &Path, ext: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, created 0600
+/// (so the private key is never readable by others, not even for a moment), given `mode`,
+/// synced, then renamed over `path` (with `overwrite`) or linked to it only if `path` does not
+/// exist (otherwise: no clobbering, and a symlink planted at `path` is never followed).
+fn write_file(path: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> Result<(), KeyError> {
     use std::io::Write as _;
 
-    use fs_err::os::unix::fs::OpenOptionsExt as _;
     let err = |source| KeyError::Write {
         path: path.to_owned(),
         source,
     };
-    let mut file = fs_err::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".kib-key.")
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)
         .map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    // `mode` applies only to new files; make an overwritten key private too.
-    fs_err::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+    temp.write_all(bytes).map_err(err)?;
+    temp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(err)?;
-    Ok(())
+    temp.as_file().sync_all().map_err(err)?;
+    let persisted = if overwrite {
+        temp.persist(path)
+    } else {
+        temp.persist_noclobber(path)
+    };
+    match persisted {
+        Ok(_) => Ok(()),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(KeyError::Exists {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(err(e.error)),
+    }
 }
 
 #[cfg(test)]
@@ -556,6 +581,45 @@ mod tests {
             SigningKey::from_encrypted_pem(pem.as_bytes(), &Password::new("wrong")).unwrap_err();
         assert!(matches!(err, KeyError::Decrypt { .. }), "{err:?}");
         assert!(err.hint().unwrap().contains(PASSWORD_ENV));
+    }
+
+    /// Issue #16: a symlink planted at `<prefix>.key` (dangling, so `exists()` is false) made
+    /// kib write the private key wherever it pointed; an overwritten world-readable key file
+    /// held the new key before its mode was changed. Neither happens: no clobbering without
+    /// `--force`, and a forced write replaces the file by a rename, mode 0600 from the start.
+    #[test]
+    fn key_files_are_never_written_through_a_symlink_and_are_private_at_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("cosign");
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("cosign.key")).unwrap();
+        let err = generate_key_pair(&prefix, &Password::new("pw"), false).unwrap_err();
+        assert!(matches!(err, KeyError::Exists { .. }), "{err:?}");
+        assert!(!elsewhere.exists(), "the key went through the symlink");
+
+        // --force replaces the symlink itself, never its target.
+        let files = generate_key_pair(&prefix, &Password::new("pw"), true).unwrap();
+        assert!(!elsewhere.exists(), "the key went through the symlink");
+        let meta = fs_err::symlink_metadata(&files.private_key).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        // An existing world-readable key is replaced, not rewritten in place.
+        fs_err::set_permissions(&files.private_key, std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let before = fs_err::metadata(&files.private_key).unwrap();
+        generate_key_pair(&prefix, &Password::new("pw"), true).unwrap();
+        let after = fs_err::metadata(&files.private_key).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_ne!(before.ino(), after.ino(), "a new file, renamed into place");
+        assert_eq!(after.permissions().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs_err::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+            .collect();
+        assert!(leftovers.is_empty());
     }
 
     #[test]

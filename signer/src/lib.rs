@@ -41,4 +41,7 @@ pub mod verify;
 pub use keys::{KeyError, Password, PublicKey, SigningKey};
 pub use oci_client;
 pub use sign::{SignError, Signed, attest_image, sign_image};
-pub use verify::{Verification, VerifyError, verify_attestations, verify_image};
+pub use verify::{
+    Verification, VerifyError, resolve_digest, verify_attestations, verify_attestations_at,
+    verify_image, verify_image_at,
+};

@@ -14,6 +14,12 @@ use sha2::{Digest as _, Sha256};
 /// The largest signature or attestation layer kib reads (an SBOM of a node image is well
 /// under this). Bigger layers are rejected unread.
 pub const MAX_LAYER_BYTES: i64 = 16 * 1024 * 1024;
+/// The largest manifest kib accepts (containerd's limit). oci-client 0.18 reads a manifest
+/// whole before kib sees it (`_pull_manifest_raw`: `res.bytes()`, src/client.rs), so this
+/// refuses a huge manifest but does not bound the memory of that one read.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The most signature (or attestation) layers read from one `.sig`/`.att` manifest.
+pub const MAX_LAYERS: usize = 1000;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -73,6 +79,34 @@ pub enum StoreError {
         digest: String,
         /// Its declared size.
         size: i64,
+    },
+    /// The registry sent more bytes than the layer's declared size.
+    #[error(
+        "The registry sent more than the declared {size} bytes of layer `{digest}` of `{reference}`"
+    )]
+    LayerOverrun {
+        /// The manifest.
+        reference: String,
+        /// The layer digest.
+        digest: String,
+        /// Its declared size.
+        size: i64,
+    },
+    /// A signature manifest has more layers than kib reads.
+    #[error("`{reference}` has {count} layers, more than {MAX_LAYERS} signatures kib reads")]
+    TooManyLayers {
+        /// The manifest.
+        reference: String,
+        /// Its layer count.
+        count: usize,
+    },
+    /// A manifest is larger than [`MAX_MANIFEST_BYTES`].
+    #[error("The manifest of `{reference}` is {size} bytes, more than {MAX_MANIFEST_BYTES}")]
+    ManifestTooLarge {
+        /// The reference.
+        reference: String,
+        /// Its size.
+        size: usize,
     },
     /// A layer could not be pulled.
     #[error("Failed to pull the layer `{digest}` of `{reference}`")]
@@ -149,6 +183,7 @@ pub(crate) async fn resolve(
             image: image.whole(),
             source,
         })?;
+    check_manifest_size(image, body.len())?;
     let actual = sha256(&body);
     if let Some(expected) = image.digest()
         && expected != actual
@@ -161,6 +196,16 @@ pub(crate) async fn resolve(
     }
     tracing::debug!(image = %image.whole(), digest = %actual, "resolved");
     Ok(actual)
+}
+
+fn check_manifest_size(reference: &Reference, size: usize) -> Result<(), StoreError> {
+    if size > MAX_MANIFEST_BYTES {
+        return Err(StoreError::ManifestTooLarge {
+            reference: reference.whole(),
+            size,
+        });
+    }
+    Ok(())
 }
 
 fn is_not_found(err: &OciDistributionError) -> bool {
@@ -197,11 +242,18 @@ pub(crate) async fn fetch_layers(
             });
         }
     };
+    check_manifest_size(reference, body.len())?;
     let manifest: ImageManifest =
         serde_json::from_slice(&body).map_err(|source| StoreError::ParseManifest {
             reference: reference.whole(),
             source: Some(source),
         })?;
+    if manifest.layers().len() > MAX_LAYERS {
+        return Err(StoreError::TooManyLayers {
+            reference: reference.whole(),
+            count: manifest.layers().len(),
+        });
+    }
     Ok(Some(manifest.layers().clone()))
 }
 
@@ -227,15 +279,30 @@ pub(crate) async fn pull_layer(
             size: descriptor.size,
         });
     }
-    let mut out = Vec::with_capacity(usize::try_from(descriptor.size).unwrap_or(0));
-    client
-        .pull_blob(reference, &descriptor, &mut out)
+    // Read at most the declared size: a registry that declares a small layer and streams
+    // more is cut off there (`pull_blob` would buffer whatever it sends).
+    let limit = usize::try_from(descriptor.size).unwrap_or(0);
+    let pull_err = |source| StoreError::PullBlob {
+        reference: reference.whole(),
+        digest: descriptor.digest.clone(),
+        source,
+    };
+    let mut stream = client
+        .pull_blob_stream(reference, &descriptor)
         .await
-        .map_err(|source| StoreError::PullBlob {
-            reference: reference.whole(),
-            digest: descriptor.digest.clone(),
-            source,
-        })?;
+        .map_err(pull_err)?;
+    let mut out = Vec::with_capacity(limit);
+    while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| pull_err(OciDistributionError::IoError(e)))?;
+        if out.len() + chunk.len() > limit {
+            return Err(StoreError::LayerOverrun {
+                reference: reference.whole(),
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
     // oci-client checks the digest too; a signature layer is small, so check it again here.
     if sha256(&out) != descriptor.digest {
         return Err(StoreError::DigestMismatch {

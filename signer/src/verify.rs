@@ -185,18 +185,47 @@ fn annotation<'a>(layer: &'a Descriptor, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Checks the cosign signatures of `image` with `key`.
+/// Resolves `image` (a tag, or a digest it checks) to the digest of the manifest the registry
+/// serves now. Resolve once and pass the digest to [`verify_image_at`] and
+/// [`verify_attestations_at`]: a tag resolved twice may name two different images (a tag moved
+/// in between, or a registry that answers differently), and the report would mix them.
+pub async fn resolve_digest(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+) -> Result<String, VerifyError> {
+    store::resolve(client, auth, image)
+        .await
+        .map_err(|source| VerifyError {
+            image: image.whole(),
+            source,
+        })
+}
+
+/// Checks the cosign signatures of `image` with `key` (resolves it, then
+/// [`verify_image_at`]).
 pub async fn verify_image(
     client: &Client,
     auth: &RegistryAuth,
     image: &Reference,
     key: &PublicKey,
 ) -> Result<Verification, VerifyError> {
+    let digest = resolve_digest(client, auth, image).await?;
+    verify_image_at(client, auth, image, digest, key).await
+}
+
+/// Checks the cosign signatures of the manifest `digest` of `image`'s repository with `key`.
+pub async fn verify_image_at(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    digest: String,
+    key: &PublicKey,
+) -> Result<Verification, VerifyError> {
     let err = |source| VerifyError {
         image: image.whole(),
         source,
     };
-    let digest = store::resolve(client, auth, image).await.map_err(err)?;
     let at = store::with_tag(image, &payload::signature_tag(&digest));
     let layers = store::fetch_layers(client, auth, &at)
         .await
@@ -312,11 +341,23 @@ pub async fn verify_attestations(
     key: &PublicKey,
     predicate_type: Option<&str>,
 ) -> Result<Verification, VerifyError> {
+    let digest = resolve_digest(client, auth, image).await?;
+    verify_attestations_at(client, auth, image, digest, key, predicate_type).await
+}
+
+/// [`verify_attestations`] for the manifest `digest` of `image`'s repository.
+pub async fn verify_attestations_at(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    digest: String,
+    key: &PublicKey,
+    predicate_type: Option<&str>,
+) -> Result<Verification, VerifyError> {
     let err = |source| VerifyError {
         image: image.whole(),
         source,
     };
-    let digest = store::resolve(client, auth, image).await.map_err(err)?;
     let at = store::with_tag(image, &payload::attestation_tag(&digest));
     let layers = store::fetch_layers(client, auth, &at)
         .await

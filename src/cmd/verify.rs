@@ -50,11 +50,15 @@ impl Args {
         let opts = self.registry.options()?;
         let client = registry::client(&image, &opts);
         let auth = registry::auth(&image, &opts)?;
-        let signatures = kib_signer::verify_image(&client, &auth, &image, &key).await?;
+        // One resolution: signatures and attestations are checked for the same digest.
+        let digest = kib_signer::resolve_digest(&client, &auth, &image).await?;
+        let signatures =
+            kib_signer::verify_image_at(&client, &auth, &image, digest.clone(), &key).await?;
         let attestations = match &attestation_type {
-            Some(t) => {
-                Some(kib_signer::verify_attestations(&client, &auth, &image, &key, Some(t)).await?)
-            }
+            Some(t) => Some(
+                kib_signer::verify_attestations_at(&client, &auth, &image, digest, &key, Some(t))
+                    .await?,
+            ),
             None => None,
         };
         let verified = signatures.verified && attestations.as_ref().is_none_or(|a| a.verified);

@@ -9,3 +9,4 @@ mod publish;
 mod release;
 mod rocky;
 mod sign;
+mod verify_hostile;

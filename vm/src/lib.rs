@@ -17,6 +17,7 @@
 //! Nothing here prints; failures are typed errors.
 
 pub mod accel;
+pub mod image;
 pub mod qemu;
 pub mod qmp;
 pub mod seed;
