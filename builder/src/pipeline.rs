@@ -446,6 +446,9 @@ impl<R: Runner> Pipeline<'_, R> {
         manifest
             .write(&manifest_path)
             .map_err(BuildError::Manifest)?;
+        // The SBOM and provenance `kib publish --sign-key` attests, beside the manifest.
+        kib_manifest::attest::write_beside(self.out_dir, &collected, &manifest)
+            .map_err(BuildError::Manifest)?;
         Ok(BuildOutput {
             image,
             manifest_path,
