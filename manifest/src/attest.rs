@@ -1,7 +1,7 @@
 //! What a build attests: an SPDX 2.3 JSON SBOM of the image and a SLSA provenance v1
 //! predicate, both made from `build-manifest.json` and the playbook's `packages.txt`, written
 //! beside the manifest by `kib build` ([`write_beside`]) and attached by `kib publish
-//! --sign-key` ([`beside`]) as `spdxjson` and `slsaprovenance` attestations.
+//! --sign-key` ([`beside`]) as `spdxjson` and `slsaprovenance1` attestations.
 //!
 //! Both are reproducible: the same manifest and package list give the same bytes (times come
 //! from the manifest, the namespace from the image's digest).
@@ -338,14 +338,18 @@ pub fn write_beside(
 }
 
 /// The attestations a build wrote beside `manifest_path`, each with its cosign `--type`
-/// (`spdxjson`, `slsaprovenance`), in that order; missing files are left out.
+/// (`spdxjson`; `slsaprovenance1`, cosign's name for `https://slsa.dev/provenance/v1`; its
+/// `slsaprovenance` is v0.2), in that order; missing files are left out.
 pub fn beside(manifest_path: &Path) -> Vec<(PathBuf, &'static str)> {
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    [(SBOM_FILE, "spdxjson"), (PROVENANCE_FILE, "slsaprovenance")]
-        .into_iter()
-        .map(|(f, t)| (dir.join(f), t))
-        .filter(|(p, _)| p.is_file())
-        .collect()
+    [
+        (SBOM_FILE, "spdxjson"),
+        (PROVENANCE_FILE, "slsaprovenance1"),
+    ]
+    .into_iter()
+    .map(|(f, t)| (dir.join(f), t))
+    .filter(|(p, _)| p.is_file())
+    .collect()
 }
 
 #[cfg(test)]
@@ -487,7 +491,7 @@ mod tests {
         assert_eq!(first.1, std::fs::read(&b).unwrap());
         assert_eq!(
             beside(&dir.path().join(crate::MANIFEST_FILE)),
-            [(a, "spdxjson"), (b, "slsaprovenance")]
+            [(a, "spdxjson"), (b, "slsaprovenance1")]
         );
     }
 

@@ -61,7 +61,7 @@ impl Attestation {
 }
 
 impl Attestation {
-    /// The SBOM (`spdxjson`) and provenance (`slsaprovenance`) `kib build` wrote beside
+    /// The SBOM (`spdxjson`) and provenance (`slsaprovenance1`) `kib build` wrote beside
     /// `manifest` (see `kib_manifest::attest`); none when the build wrote none.
     pub(crate) fn beside_manifest(manifest: &Path) -> anyhow::Result<Vec<Self>> {
         kib_manifest::attest::beside(manifest)
