@@ -457,6 +457,10 @@ impl<R: Runner> Pipeline<'_, R> {
                 path: collected.clone(),
                 source,
             })?;
+            // The SBOM and provenance `kib publish --sign-key` attests, beside the manifest;
+            // the manifest is written last, so a build that has one has them too.
+            kib_manifest::attest::write_beside(self.out_dir, &collected, &manifest)
+                .map_err(BuildError::Manifest)?;
             manifest
                 .write(&manifest_path)
                 .map_err(BuildError::Manifest)?;

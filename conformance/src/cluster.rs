@@ -67,7 +67,8 @@ pub struct ClusterSpec {
     pub kind_name: String,
     /// Workload cluster name and namespace.
     pub cluster_name: String,
-    /// Root disk size of each node VM.
+    /// Root disk size of each node VM (the DataVolume's storage request): see
+    /// [`disk_size_for`].
     pub disk_size: String,
     /// Switch KubeVirt to software emulation (no `/dev/kvm` on the host).
     pub use_emulation: bool,
@@ -82,8 +83,9 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// A spec with the defaults: kind `kib-conformance`, cluster `kib-wl`, 20Gi disks, BIOS,
-    /// emulation when `/dev/kvm` is missing.
+    /// A spec with the defaults: kind `kib-conformance`, cluster `kib-wl`, disks sized for
+    /// kib's default 20 GiB image (22Gi, see [`disk_size_for`]), BIOS, emulation when
+    /// `/dev/kvm` is missing.
     pub fn new(image: &str, kubernetes_version: &str) -> Self {
         Self {
             image: image.strip_prefix("docker://").unwrap_or(image).to_owned(),
@@ -94,7 +96,7 @@ impl ClusterSpec {
             },
             kind_name: "kib-conformance".to_owned(),
             cluster_name: "kib-wl".to_owned(),
-            disk_size: "20Gi".to_owned(),
+            disk_size: disk_size_for(DEFAULT_VIRTUAL_SIZE),
             use_emulation: !std::path::Path::new("/dev/kvm").exists(),
             insecure_registries: Vec::new(),
             firmware: Firmware::Bios,
@@ -102,6 +104,26 @@ impl ClusterSpec {
             work_dir: std::env::temp_dir().join("kib-conformance-cluster"),
         }
     }
+}
+
+/// The virtual size of kib's default image (`kib.toml`'s `disk_size = "20G"`), in bytes.
+pub const DEFAULT_VIRTUAL_SIZE: u64 = 20 << 30;
+
+/// CDI's default filesystem overhead, per mille: `DefaultGlobalOverhead = "0.055"`
+/// (kubevirt/containerized-data-importer `pkg/common/common.go`).
+pub const CDI_FILESYSTEM_OVERHEAD_PER_MILLE: u64 = 55;
+
+/// The DataVolume storage request for an image of `virtual_size` bytes, in whole GiB.
+///
+/// CDI's importer refuses an image when `int64(float64(available) * (1 - overhead)) <
+/// virtualSize` ("A larger PVC is required", `checkIfURLIsValid` in kubevirt/containerized-data-importer
+/// `pkg/image/qemu.go`), so the request is `ceil(virtual / (1 - 0.055))` rounded up to GiB:
+/// 22Gi for a 20 GiB image.
+pub fn disk_size_for(virtual_size: u64) -> String {
+    let keep = 1000 - CDI_FILESYSTEM_OVERHEAD_PER_MILLE;
+    let needed = (u128::from(virtual_size) * 1000).div_ceil(u128::from(keep));
+    let gib = needed.div_ceil(1 << 30).max(1);
+    format!("{gib}Gi")
 }
 
 fn yaml(v: &Value) -> String {
@@ -300,10 +322,10 @@ pub struct Step {
     pub stdin: Option<String>,
     /// Environment variables.
     pub env: Vec<(String, String)>,
-    /// Whether its success proves something about the image (a `kubectl wait` for a
-    /// condition) and so is a check in the report; setup steps (`kubectl apply`, `kind
-    /// create`, …) are not checks: they appear only when they fail.
-    pub proves: bool,
+    /// A check of the report: a `kubectl wait`, i.e. an outcome. The other steps are commands
+    /// (`apply`, `patch`, `clusterctl init` …); when one fails, the next check FAILs with its
+    /// error (the outcome was not reached) and the report never counts a command as a check.
+    pub check: bool,
 }
 
 impl Step {
@@ -314,7 +336,7 @@ impl Step {
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             stdin: None,
             env: Vec::new(),
-            proves: program == "kubectl" && args.contains(&"wait"),
+            check: program == "kubectl" && args.contains(&"wait"),
         }
     }
     fn stdin(mut self, s: String) -> Self {
@@ -685,6 +707,14 @@ pub enum ClusterError {
         /// The end of its stderr.
         stderr: String,
     },
+    /// A tool on PATH is a test stand-in outside its test.
+    #[error("`{program}` on PATH is a test stand-in ({path}), not the real tool")]
+    StandIn {
+        /// The tool.
+        program: String,
+        /// Where it was found.
+        path: PathBuf,
+    },
     /// A step did not finish in time.
     #[error("Step `{what}` did not finish within {waited:?}")]
     Timeout {
@@ -701,6 +731,10 @@ impl ClusterError {
         match self {
             Self::Spawn { program, .. } => Some(format!(
                 "the cluster profile needs `{program}` on PATH (and docker or podman, internet access): see conformance/README.md"
+            )),
+            Self::StandIn { path, .. } => Some(format!(
+                "remove {} from PATH: recording stand-ins only run inside kib's own tests",
+                path.parent().unwrap_or(path).display()
             )),
             _ => None,
         }
@@ -765,11 +799,57 @@ pub async fn run_step(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs the cluster profile: every step of [`plan`] in order, each reported as a check (after
-/// a failure the rest are SKIPped), then the [`teardown`] steps whether or not a step failed
-/// (the API port-forward is stopped and the kind cluster kib created is deleted; nothing with
-/// `keep`). `image` is the reference as the user gave it (the report's title); `timeout`
-/// bounds the steps together.
+/// The tools the profile runs, directly or from its scripts.
+pub const TOOLS: [&str; 5] = ["kind", "kubectl", "clusterctl", "virtctl", "curl"];
+
+/// The line every test stand-in of [`TOOLS`] carries (tests/cli/cluster.rs writes them).
+pub const STAND_IN_MARKER: &str = "KIB-TEST-STAND-IN";
+
+/// The variable a test sets to the directory of its stand-ins; only there are they run.
+pub const STAND_IN_DIR_ENV: &str = "KIB_TEST_STAND_IN_DIR";
+
+/// Refuses to run when a tool of [`TOOLS`] found on `PATH` is a test stand-in (its first 4 KiB
+/// hold [`STAND_IN_MARKER`]) outside the directory named by [`STAND_IN_DIR_ENV`]: recording
+/// stand-ins answer every `kubectl wait` with success, so a stray one (a test's temp dir left on
+/// a PATH) must never make a real cluster check pass.
+pub fn refuse_stray_stand_ins() -> Result<(), ClusterError> {
+    use std::io::Read;
+    let allowed = std::env::var_os(STAND_IN_DIR_ENV).map(PathBuf::from);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in TOOLS {
+        let Some(found) = std::env::split_paths(&path)
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+        else {
+            continue;
+        };
+        let mut head = Vec::with_capacity(4096);
+        if let Ok(f) = std::fs::File::open(&found) {
+            let _ = f.take(4096).read_to_end(&mut head);
+        }
+        let marked = head
+            .windows(STAND_IN_MARKER.len())
+            .any(|w| w == STAND_IN_MARKER.as_bytes());
+        let blessed = allowed
+            .as_deref()
+            .is_some_and(|d| found.parent() == Some(d));
+        if marked && !blessed {
+            return Err(ClusterError::StandIn {
+                program: tool.to_owned(),
+                path: found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs the cluster profile: every step of [`plan`] in order, then the [`teardown`] steps
+/// whether or not a step failed (the API port-forward is stopped and the kind cluster kib
+/// created is deleted; nothing with `keep`). Only the checks ([`Step::check`], the waits) are
+/// reported: a failed command FAILs the next check with its error, and after a failure the
+/// remaining checks are SKIPped. Refuses stray test stand-ins ([`refuse_stray_stand_ins`]):
+/// the first check FAILs and nothing runs. `image` is the reference as the user gave it (the
+/// report's title); `timeout` bounds the steps together.
 pub async fn run(
     image: &str,
     spec: &ClusterSpec,
@@ -782,46 +862,64 @@ pub async fn run(
     let kubeconfig_arg = kubeconfig.map(|p| p.display().to_string());
     let steps = plan(spec, kubeconfig_arg.as_deref());
     let mut results = Vec::new();
-    let mut failed = false;
+    let mut failure: Option<String> = refuse_stray_stand_ins()
+        .err()
+        .map(|e| format!("{e} (hint: {})", e.hint().unwrap_or_default()));
+    let refused = failure.is_some();
+    let mut reported_failure = false;
+    let mut since_check = Instant::now();
     for step in &steps {
-        if failed {
-            // Only the checks that could not run are listed; skipped setup proves nothing.
-            if !step.proves {
-                continue;
+        if let Some(why) = &failure {
+            if step.check {
+                let r = if reported_failure {
+                    CheckResult::Skip("an earlier step failed".into())
+                } else {
+                    reported_failure = true;
+                    CheckResult::fail(why.clone())
+                };
+                let rep = CheckReport::new(&step.what, &step.what, &r, since_check.elapsed());
+                reporter.on_check(&rep);
+                results.push(rep);
+                since_check = Instant::now();
             }
-            results.push(CheckReport::new(
-                &step.what,
-                &step.what,
-                &CheckResult::Skip("an earlier step failed".into()),
-                Duration::ZERO,
-            ));
             continue;
         }
         reporter.on_phase(&step.what);
-        let t = Instant::now();
         let left = timeout.saturating_sub(started.elapsed());
-        let r = match run_step(step, kubeconfig, left).await {
-            Ok(_) => CheckResult::Pass,
-            Err(e) => {
-                failed = true;
-                let hint = e
-                    .hint()
-                    .map(|h| format!(" (hint: {h})"))
-                    .unwrap_or_default();
-                CheckResult::fail(format!("{}{hint}", kib_vm::error_chain(&e)))
+        if let Err(e) = run_step(step, kubeconfig, left).await {
+            let hint = e
+                .hint()
+                .map(|h| format!(" (hint: {h})"))
+                .unwrap_or_default();
+            let why = format!("{}{hint}", kib_vm::error_chain(&e));
+            if step.check {
+                reported_failure = true;
+                let r = CheckResult::fail(why.clone());
+                let rep = CheckReport::new(&step.what, &step.what, &r, since_check.elapsed());
+                reporter.on_check(&rep);
+                results.push(rep);
+                since_check = Instant::now();
             }
-        };
-        // A setup step that succeeded is not a check (it proves nothing about the image);
-        // one that failed is reported, as it fails the run.
-        if step.proves || failed {
-            let rep = CheckReport::new(&step.what, &step.what, &r, t.elapsed());
+            failure = Some(why);
+            continue;
+        }
+        if step.check {
+            let rep = CheckReport::new(
+                &step.what,
+                &step.what,
+                &CheckResult::Pass,
+                since_check.elapsed(),
+            );
             reporter.on_check(&rep);
             results.push(rep);
+            since_check = Instant::now();
         }
     }
-    for step in teardown(spec, kubeconfig_arg.as_deref(), keep) {
-        reporter.on_phase(&step.what);
-        let _ = run_step(&step, kubeconfig, Duration::from_secs(300)).await;
+    if !refused {
+        for step in teardown(spec, kubeconfig_arg.as_deref(), keep) {
+            reporter.on_phase(&step.what);
+            let _ = run_step(&step, kubeconfig, Duration::from_secs(300)).await;
+        }
     }
     Report::new(
         image,
@@ -836,31 +934,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_the_waits_are_checks() {
-        let spec = ClusterSpec::new("oci:/x", "v1.37.1");
-        let steps = plan(&spec, None);
-        let checks: Vec<&str> = steps
-            .iter()
-            .filter(|s| s.proves)
-            .map(|s| s.what.as_str())
-            .collect();
-        assert!(
-            checks.iter().all(|w| w.starts_with("wait for")),
-            "{checks:?}"
-        );
-        assert!(
-            checks.contains(&"wait for the workload nodes"),
-            "{checks:?}"
-        );
-        assert!(
-            steps
-                .iter()
-                .filter(|s| s.args.iter().any(|a| a == "apply"))
-                .all(|s| !s.proves)
-        );
-    }
 
     fn docs(s: &str) -> Vec<serde_yaml::Value> {
         serde_yaml::Deserializer::from_str(s)
@@ -1081,6 +1154,76 @@ mod tests {
                 .all(|s| s.program != "kind"),
             "an existing cluster is reused"
         );
+    }
+
+    /// CDI's importer check (`checkIfURLIsValid`, pkg/image/qemu.go) with the default
+    /// overhead, in the same float arithmetic as the Go code.
+    fn cdi_accepts(request_gib: u64, virtual_size: u64) -> bool {
+        let available = (request_gib << 30) as f64;
+        (available * (1.0 - 0.055)) as i64 >= virtual_size as i64
+    }
+
+    #[test]
+    fn disk_size_leaves_cdis_filesystem_overhead() {
+        assert_eq!(disk_size_for(DEFAULT_VIRTUAL_SIZE), "22Gi");
+        assert_eq!(ClusterSpec::new("r/i:v", "1.37.1").disk_size, "22Gi");
+        assert!(!cdi_accepts(20, DEFAULT_VIRTUAL_SIZE), "20Gi is refused");
+        for v in [
+            1,
+            (1 << 30) - 1,
+            1 << 30,
+            10 << 30,
+            DEFAULT_VIRTUAL_SIZE,
+            (20 << 30) + 4096,
+            40 << 30,
+            (945 << 30) / 1000 * 21 + 1,
+            21_474_836_480 + 1_073_741_823,
+        ] {
+            let gib: u64 = disk_size_for(v).trim_end_matches("Gi").parse().unwrap();
+            assert!(cdi_accepts(gib, v), "{gib}Gi holds {v} bytes");
+            assert!(
+                gib == 1 || !cdi_accepts(gib - 1, v),
+                "{gib}Gi is the smallest for {v} bytes"
+            );
+        }
+        let mut s = spec();
+        s.disk_size = disk_size_for(30 << 30);
+        let dv = &docs(&datavolume(&s))[0];
+        assert_eq!(
+            dv["spec"]["storage"]["resources"]["requests"]["storage"].as_str(),
+            Some("32Gi")
+        );
+        let t = docs(&cluster_template(&s));
+        for m in t.iter().filter(|x| x["kind"] == "KubevirtMachineTemplate") {
+            let dvt = &m["spec"]["template"]["spec"]["virtualMachineTemplate"]["spec"]["dataVolumeTemplates"]
+                [0];
+            assert_eq!(
+                dvt["spec"]["storage"]["resources"]["requests"]["storage"].as_str(),
+                Some("32Gi")
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_waits_are_checks() {
+        let checks: Vec<String> = plan(&spec(), None)
+            .into_iter()
+            .filter(|s| s.check)
+            .map(|s| s.what)
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                "wait for KubeVirt",
+                "wait for CDI",
+                "wait for the import",
+                "wait for the control plane",
+                "wait for both machines",
+                "wait for the workload nodes",
+                "wait for the pod"
+            ]
+        );
+        assert_eq!(plan(&spec(), None).last().map(|s| s.check), Some(true));
     }
 
     #[test]

@@ -46,6 +46,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod attest;
 mod checksum;
 mod types;
 

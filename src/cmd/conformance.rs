@@ -349,6 +349,10 @@ impl Args {
                 .context("The cluster profile needs the image's Kubernetes version: pass `--kubernetes-version` or `--manifest`")?,
         };
         let mut spec = ClusterSpec::new(&self.image, &version);
+        // CDI needs room beyond the image's virtual size (default: kib's 20 GiB image).
+        if let Some(m) = &self.manifest {
+            spec.disk_size = cluster::disk_size_for(kib_manifest::read(m)?.output.virtual_size);
+        }
         spec.insecure_registries = self.insecure_registry.clone();
         spec.firmware = self.firmware.into();
         Ok(cluster::run(

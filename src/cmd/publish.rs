@@ -21,7 +21,7 @@ use kib_packager::push::{PublishRequest, RetryPolicy, push, set_tags};
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::image_args::ImageArgs;
 use crate::common::registry_args::RegistryArgs;
-use crate::common::signing::{Attestation, load_key, sign_and_attest};
+use crate::common::signing::{Attestation, attest_each, load_key, sign_and_attest};
 use crate::reporter::PackageReporter;
 
 /// What `kib publish --help` shows after the options: the flow it belongs to.
@@ -121,6 +121,16 @@ impl Args {
             .as_deref()
             .map(|path| Attestation::read(path, &self.attest_type))
             .transpose()?;
+        // Without `--attest-predicate`, the SBOM and provenance the build wrote beside its
+        // manifest are attached.
+        let built = match (
+            &attestation,
+            &self.sign_key,
+            manifest_path(&self.image_args),
+        ) {
+            (None, Some(_), Some(m)) => Attestation::beside_manifest(&m)?,
+            _ => Vec::new(),
+        };
         let key =
             match &self.sign_key {
                 Some(path) => Some(load_key(path).await.with_context(|| {
@@ -184,15 +194,24 @@ impl Args {
                     .with_context(|| format!("`{}` is not an image reference", pushed.reference))?;
                 let client = kib_packager::registry::client(&image, &req.options);
                 let auth = kib_packager::registry::auth(&image, &req.options)?;
-                let (signed, attested) =
+                let failed = || {
+                    format!(
+                        "Pushed `{}` but failed to sign or attest it, so no tag was set; run the same `kib publish` again (nothing is uploaded twice)",
+                        pushed.reference
+                    )
+                };
+                let (signed, mut attested) =
                     sign_and_attest(&client, &auth, &image, key, attestation.as_ref())
                         .await
-                        .with_context(|| {
-                            format!(
-                                "Pushed `{}` but failed to sign or attest it, so no tag was set; run the same `kib publish` again (nothing is uploaded twice)",
-                                pushed.reference
-                            )
-                        })?;
+                        .with_context(failed)?;
+                let mut built = attest_each(&client, &auth, &image, key, &built)
+                    .await
+                    .with_context(failed)?
+                    .into_iter();
+                attested = attested.or_else(|| built.next());
+                for a in built {
+                    reporter.line(&format!("Attested `{}`: `{}`", a.digest, a.signature));
+                }
                 reporter.line(&format!(
                     "Signed `{}`: `{}`",
                     signed.digest, signed.signature
@@ -235,16 +254,21 @@ impl Args {
 /// qcow2): part of the file's identity in the layer cache. A manifest that cannot be read is
 /// no identity here (the image's labels report that error).
 fn disk_sha256(args: &ImageArgs) -> Option<String> {
-    let path = args.manifest.clone().or_else(|| {
+    let path = manifest_path(args)?;
+    let m = kib_builder::manifest::read(&path).ok()?;
+    Some(format!("sha256:{}", m.output.sha256.hex()))
+}
+
+/// `--manifest`, else `build-manifest.json` beside the qcow2 when it exists.
+fn manifest_path(args: &ImageArgs) -> Option<std::path::PathBuf> {
+    args.manifest.clone().or_else(|| {
         let beside = args
             .qcow2
             .parent()
             .unwrap_or(std::path::Path::new("."))
             .join(kib_builder::manifest::MANIFEST_FILE);
         beside.is_file().then_some(beside)
-    })?;
-    let m = kib_builder::manifest::read(&path).ok()?;
-    Some(format!("sha256:{}", m.output.sha256.hex()))
+    })
 }
 
 fn report_speed(reporter: &PackageReporter, bytes: u64, elapsed: Duration) {

@@ -60,6 +60,35 @@ impl Attestation {
     }
 }
 
+impl Attestation {
+    /// The SBOM (`spdxjson`) and provenance (`slsaprovenance1`) `kib build` wrote beside
+    /// `manifest` (see `kib_manifest::attest`); none when the build wrote none.
+    pub(crate) fn beside_manifest(manifest: &Path) -> anyhow::Result<Vec<Self>> {
+        kib_manifest::attest::beside(manifest)
+            .into_iter()
+            .map(|(path, type_name)| Self::read(&path, type_name))
+            .collect()
+    }
+}
+
+/// Attaches each of `attestations` to `image`, in order.
+pub(crate) async fn attest_each(
+    client: &Client,
+    auth: &RegistryAuth,
+    image: &Reference,
+    key: &SigningKey,
+    attestations: &[Attestation],
+) -> anyhow::Result<Vec<Signed>> {
+    let mut out = Vec::new();
+    for a in attestations {
+        out.push(
+            kib_signer::attest_image(client, auth, image, key, &a.predicate_type, &a.predicate)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 /// Signs `image` and, if given, attaches the attestation: the signing step `kib sign` and
 /// `kib publish --sign-key` share.
 pub(crate) async fn sign_and_attest(

@@ -2,6 +2,7 @@
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests report timings and logs
 
 mod build;
+mod cluster;
 mod common;
 mod conformance;
 mod cosign;
