@@ -433,7 +433,8 @@ def packer_round(d: Path, accel: str, fixture_sum: str, key: Path) -> dict:
             "output_mib": (d / "out" / "bench.qcow2").stat().st_size / MIB}
 
 
-STAGES = ("wall", "kernel_start", "guest_boot", "overhead", "boot_to_ssh", "provision", "shutdown", "export", "output_mib")
+STAGES = ("wall", "kernel_start", "guest_boot", "overhead", "overhead_no_firmware", "boot_to_ssh", "provision",
+          "shutdown", "export", "output_mib")
 
 
 def bench_build(args, kib: str, work: Path, results: dict) -> None:
@@ -467,6 +468,10 @@ def bench_build(args, kib: str, work: Path, results: dict) -> None:
                 res = packer_round(d, accel, fixture_sum, key)
             if res["guest_boot"] is not None:
                 res["overhead"] = res["wall"] - res["guest_boot"]
+                # Firmware + GRUB (tool start to the kernel's first line) is the same work for
+                # both tools too; what is left is each tool's own cost.
+                if res["kernel_start"] is not None:
+                    res["overhead_no_firmware"] = res["overhead"] - res["kernel_start"]
             say(f"  {side}: {res['wall']:.1f} s wall, guest boot {fmt_s(res['guest_boot']).strip()}")
             sides[side].append(res)
             shutil.rmtree(d / "out", ignore_errors=True)
@@ -477,17 +482,38 @@ def bench_build(args, kib: str, work: Path, results: dict) -> None:
     k_over, p_over = med(out["kib"], "overhead"), med(out["packer"], "overhead")
     out["ratio_wall"] = med(out["kib"], "wall") / med(out["packer"], "wall")
     out["ratio_overhead"] = k_over / p_over if k_over and p_over else None
+    k_nf, p_nf = med(out["kib"], "overhead_no_firmware"), med(out["packer"], "overhead_no_firmware")
+    out["ratio_overhead_no_firmware"] = k_nf / p_nf if k_nf and p_nf else None
     results["build"] = out
 
 
 # --- publish: kib vs buildah ---------------------------------------------------------------------
 
 
-def kib_publish(kib: str, reg: str, repo: str, disk: Path, log: Path) -> Run:
+def kib_publish(kib: str, reg: str, repo: str, disk: Path, log: Path, cache: Path) -> Run:
+    # The layer cache lives in the work dir: every round pushes to a new repository, where the
+    # registry has no blob, so a remembered digest is never trusted and the layer is streamed.
     return timed([kib, "publish", "--image", f"{reg}/{repo}", "--qcow2", str(disk),
                   "--kubernetes-version", "v1.37.1", "--git-dir", str(ROOT),
                   "--tag-immutable", "bench", "--tag-untagged", "bench", "--no-moving-tags",
-                  "--no-progress"], env={"KIB_NO_PROGRESS": "1"}, log=log)
+                  "--no-progress"], env={"KIB_NO_PROGRESS": "1", "XDG_CACHE_HOME": str(cache)}, log=log)
+
+
+def kib_package_digest(kib: str, disk: Path, work: Path) -> str:
+    """The image digest `kib package` computes for the same inputs (a layout on disk, no
+    registry): the push must store exactly this digest."""
+    out = subprocess.run([kib, "package", "--output", str(work / "layout"), "--qcow2", str(disk),
+                          "--kubernetes-version", "v1.37.1", "--git-dir", str(ROOT),
+                          "--tag-immutable", "bench", "--tag-untagged", "bench", "--no-moving-tags",
+                          "--no-progress"], check=True, capture_output=True, text=True).stdout
+    shutil.rmtree(work / "layout", ignore_errors=True)
+    return out.strip()
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages: this machine is shared, so every figure says
+    how busy it was."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def bench_publish(args, kib: str, work: Path, reg: str, disk: Path, results: dict) -> None:
@@ -504,7 +530,8 @@ def bench_publish(args, kib: str, work: Path, reg: str, disk: Path, results: dic
         for side in order:
             say(f"publish round {r + 1}/{args.rounds}: {side} ...")
             if side == "kib":
-                run = kib_publish(kib, reg, f"bench/kib-{r}", disk, work / f"kib-publish-{r}.log")
+                run = kib_publish(kib, reg, f"bench/kib-{r}", disk, work / f"kib-publish-{r}.log",
+                                  work / "xdg-cache")
                 kib_runs.append(run)
                 say(f"  kib publish: {run.wall:.1f} s, peak RSS {run.maxrss_kib / 1024:.1f} MiB")
             else:
@@ -528,6 +555,14 @@ def bench_publish(args, kib: str, work: Path, reg: str, disk: Path, results: dic
         if len(layers) != 1 or layers[0]["size"] < 0.9 * disk.stat().st_size:
             raise BenchError(f"{repo}: unexpected layers {layers}")
     total = [b.wall + p.wall for b, p in zip(bud_runs, push_runs)]
+    # The pushed digest is the one `kib package` computes for the same inputs.
+    pushed = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{reg}/bench/kib-0:bench"],
+                            check=True, capture_output=True, text=True).stdout
+    packaged = kib_package_digest(kib, disk, work)
+    # A re-publish of the same qcow2 to the same repository: the remembered layer digest,
+    # confirmed by a HEAD, means nothing is read or sent.
+    again = [kib_publish(kib, reg, "bench/kib-0", disk, work / f"kib-republish-{r}.log", work / "xdg-cache")
+             for r in range(args.rounds)]
     out = {
         "qcow2_mib": size_mib,
         "kib": {"wall": summary([r.wall for r in kib_runs]),
@@ -537,6 +572,8 @@ def bench_publish(args, kib: str, work: Path, reg: str, disk: Path, results: dic
                     "wall": summary(total),
                     "peak_rss_mib": summary([max(b.maxrss_kib, p.maxrss_kib) / 1024
                                              for b, p in zip(bud_runs, push_runs)])},
+        "republish": {"wall": summary([r.wall for r in again])},
+        "digest": {"pushed": json.loads(pushed)["Digest"], "package": packaged},
     }
     out["speedup"] = out["buildah"]["wall"]["median"] / out["kib"]["wall"]["median"]
     out["kib_mib_s"] = size_mib / out["kib"]["wall"]["median"]
@@ -549,7 +586,8 @@ def bench_memory(args, kib: str, work: Path, reg: str, publish_disk: Path, resul
         reuse = mib == args.publish_mib
         disk = publish_disk if reuse else random_qcow2(work / f"mem-{mib}.qcow2", mib)
         say(f"memory: kib publish of a {mib} MiB qcow2 ...")
-        runs = [kib_publish(kib, reg, f"bench/mem-{mib}-{r}", disk, work / f"mem-{mib}-{r}.log")
+        runs = [kib_publish(kib, reg, f"bench/mem-{mib}-{r}", disk, work / f"mem-{mib}-{r}.log",
+                            work / "xdg-cache")
                 for r in range(args.memory_rounds)]
         out[str(mib)] = {"peak_rss_mib": summary([r.maxrss_kib / 1024 for r in runs]),
                          "wall": summary([r.wall for r in runs])}
@@ -605,30 +643,47 @@ def bench_ceiling(args, work: Path, reg: str, disk: Path, results: dict) -> None
 
 
 def goals(results: dict) -> list[tuple[str, str, str]]:
+    """The goals of issue #18 (build: #18 item 3), each with its measured value."""
     rows = []
     b = results.get("build", {})
     if b.get("ratio_overhead") is not None:
         v = b["ratio_overhead"]
         rows.append(("build overhead <= 0.5x Packer's", f"{v:.2f}x", "met" if v <= 0.5 else "MISSED"))
+    if b.get("ratio_overhead_no_firmware") is not None:
+        v = b["ratio_overhead_no_firmware"]
+        k = med(b["kib"], "overhead_no_firmware")
+        p = med(b["packer"], "overhead_no_firmware")
+        rows.append(("build overhead excl. firmware + GRUB <= 0.2x Packer's",
+                     f"{v:.2f}x ({k:.1f} vs {p:.1f} s)", "met" if v <= 0.2 else "MISSED"))
     if b.get("ratio_wall") is not None:
         rows.append(("build wall time vs Packer's (info)", f"{b['ratio_wall']:.2f}x", "-"))
     p = results.get("publish")
     if p:
         v = p["speedup"]
-        rows.append(("package + push >= 3x faster than buildah", f"{v:.1f}x", "met" if v >= 3 else "MISSED"))
-        c = results.get("ceiling")
+        rows.append(("package + push >= 5.5x faster than buildah build + push", f"{v:.1f}x",
+                     "met" if v >= 5.5 else "MISSED"))
+        c = results.get("ceiling", {}).get("registry blob PUT (curl)")
         if c:
-            # kib streams read -> tar -> stored deflate -> sha256 -> HTTP in one pass, so its
-            # ceiling is the slowest of those stages on this machine.
-            limits = {k: c[k]["mib_s"] for k in ("openssl dgst -sha256", "registry blob PUT (curl)", "read (page cache)") if k in c}
-            name, rate = min(limits.items(), key=lambda kv: kv[1])
-            v = rate / p["kib_mib_s"]
-            rows.append((f"package + push within 2x of the ceiling ({name})",
-                         f"{v:.2f}x ({p['kib_mib_s']:.0f} vs {rate:.0f} MiB/s)", "met" if v <= 2 else "MISSED"))
+            # One monolithic PUT of the qcow2 with curl: what the registry itself ingests.
+            v = p["kib"]["wall"]["median"] / c["wall"]["median"]
+            rows.append(("package + push within 1.25x of one blob PUT",
+                         f"{v:.2f}x ({p['kib_mib_s']:.0f} vs {c['mib_s']:.0f} MiB/s)",
+                         "met" if v <= 1.25 else "MISSED"))
+        d = p.get("digest")
+        if d:
+            same = d["pushed"] == d["package"]
+            rows.append(("pushed digest == `kib package` digest (same inputs)",
+                         d["pushed"][:19] + "…", "met" if same else "MISSED"))
+        if p.get("republish"):
+            rows.append(("re-publish of the same qcow2 (info)",
+                         f"{p['republish']['wall']['median']:.2f} s", "-"))
     m = results.get("memory")
     if m:
-        peak = max(x["peak_rss_mib"]["median"] for x in m.values())
-        rows.append(("kib publish peak RSS <= 64 MiB", f"{peak:.1f} MiB", "met" if peak <= 64 else "MISSED"))
+        for size, x in m.items():
+            peak = x["peak_rss_mib"]["median"]
+            label = f"{int(size) // 1024} GiB" if int(size) >= 1024 else f"{size} MiB"
+            rows.append((f"kib publish peak RSS <= 64 MiB at {label}", f"{peak:.1f} MiB",
+                         "met" if peak <= 64 else "MISSED"))
     return rows
 
 
@@ -637,7 +692,9 @@ def render(results: dict) -> str:
     mach = results["machine"]
     parts.append(f"{results['date']} · {mach['cores']} cores, {mach['memory_gib']} GiB, {mach['os']}, "
                  f"guests under {mach['accel'].upper()} ({mach['accel_reason']}) · "
-                 f"{results['rounds']} rounds · `{results['command']}`")
+                 f"{results['rounds']} rounds · `{results['command']}` · "
+                 f"load (1/5/15 min) {results.get('load', {}).get('start')} at start, "
+                 f"{results.get('load', {}).get('end')} at end")
     b = results.get("build")
     if b and "kib" in b:
         rows = []
@@ -649,7 +706,9 @@ def render(results: dict) -> str:
             rows.append((k.replace("_", " "), f"{unit(kv)} (min {unit(kmin).strip()})",
                          f"{unit(pv)} (min {unit(pmin).strip()})",
                          f"{kv / pv:.2f}x" if kv and pv else "-"))
-        parts.append("Build (median, min): kib vs Packer 1.6.6\n\n" + table(rows, ("stage", "kib", "Packer", "kib/Packer")))
+        when = f" (measured {b['measured']}, not rerun)" if b.get("measured") else ""
+        parts.append(f"Build (median, min): kib vs Packer 1.6.6{when}\n\n"
+                     + table(rows, ("stage", "kib", "Packer", "kib/Packer")))
     elif b:
         parts.append(f"Build: {b.get('skipped')}")
     p = results.get("publish")
@@ -659,6 +718,8 @@ def render(results: dict) -> str:
                 ("buildah push", fmt_s(p["buildah"]["push"]["median"]), "-"),
                 ("buildah build + push", fmt_s(p["buildah"]["wall"]["median"]),
                  f"{p['buildah']['peak_rss_mib']['median']:.1f} MiB")]
+        if p.get("republish"):
+            rows.append(("kib publish again (same qcow2)", fmt_s(p["republish"]["wall"]["median"]), "-"))
         parts.append(f"Package + push of a {p['qcow2_mib']:.0f} MiB qcow2 (median): kib is "
                      f"{p['speedup']:.1f}x faster\n\n" + table(rows, ("step", "wall", "peak RSS")))
     m = results.get("memory")
@@ -673,6 +734,39 @@ def render(results: dict) -> str:
     if g:
         parts.append("Goals\n\n" + table(g, ("goal", "measured", "")))
     return "\n\n".join(parts) + "\n"
+
+
+def keep_earlier(results: dict, out: Path, sections: set[str]) -> None:
+    """Sections not run this time keep their figures from the previous results file, marked
+    with that run's date, so a partial rerun (`--only publish,memory,ceiling`) never drops the
+    build comparison."""
+    try:
+        old = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return
+    for name in ("build", "publish", "memory", "ceiling"):
+        if name in sections or name not in old:
+            continue
+        section = old[name]
+        section.setdefault("measured", old.get("date"))
+        if name == "build" and "kib" in section:
+            derive_overhead_no_firmware(section)
+        results[name] = section
+
+
+def derive_overhead_no_firmware(build: dict) -> None:
+    """Overhead minus firmware + GRUB, per round, for results written before it was recorded
+    (both sample lists are in round order)."""
+    for side in ("kib", "packer"):
+        d = build[side]
+        if "overhead_no_firmware" in d or "overhead" not in d or "kernel_start" not in d:
+            continue
+        over, kern = d["overhead"]["samples"], d["kernel_start"]["samples"]
+        if len(over) == len(kern):
+            d["overhead_no_firmware"] = summary([o - k for o, k in zip(over, kern)])
+    k, p = med(build["kib"], "overhead_no_firmware"), med(build["packer"], "overhead_no_firmware")
+    if k and p:
+        build["ratio_overhead_no_firmware"] = k / p
 
 
 def main() -> int:
@@ -710,24 +804,31 @@ def main() -> int:
                                        capture_output=True, text=True).stdout.strip() or None,
         "kib": subprocess.run([args.kib, "--version"], capture_output=True, text=True).stdout.strip(),
         "machine": machine(), "rounds": args.rounds, "smoke": args.smoke,
+        "load": {"start": load()},
     }
     base = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kib-bench-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
     try:
         if "build" in sections:
+            results["load"]["build"] = load()
             bench_build(args, args.kib, base, results)
         if sections & {"publish", "memory", "ceiling"}:
             with registry(base) as reg:
                 disk = random_qcow2(base / "publish.qcow2", args.publish_mib)
                 if "publish" in sections:
+                    results["load"]["publish"] = load()
                     bench_publish(args, args.kib, base, reg, disk, results)
                 if "ceiling" in sections:
+                    results["load"]["ceiling"] = load()
                     bench_ceiling(args, base, reg, disk, results)
                 if "memory" in sections:
+                    results["load"]["memory"] = load()
                     bench_memory(args, args.kib, base, reg, disk, results)
     finally:
         if not args.work:
             shutil.rmtree(base, ignore_errors=True)
+    results["load"]["end"] = load()
+    keep_earlier(results, Path(args.out), sections)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(render(results), end="")
     say(f"results written to {args.out}")
