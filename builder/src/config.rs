@@ -306,7 +306,9 @@ pub struct BaseConfig {
     #[serde(default = "default_base_image")]
     pub image: String,
     /// `sha256:HEX`, `file:URL` or `file:PATH`; `None` needs `--insecure-skip-checksum`.
-    #[serde(default = "default_base_checksum")]
+    /// The default (Rocky's published `CHECKSUM`) belongs to the default image only: a
+    /// configured image without its own checksum gets none ([`Config::parse`]).
+    #[serde(default)]
     pub checksum: Option<ChecksumSource>,
 }
 
@@ -385,6 +387,15 @@ fn default_base_checksum() -> Option<ChecksumSource> {
             .parse()
             .expect("the default checksum source parses"),
     )
+}
+/// The checksum an image gets when none is given: Rocky's `CHECKSUM` for the default image,
+/// nothing for any other.
+fn default_checksum_for(image: &str) -> Option<ChecksumSource> {
+    if image == DEFAULT_BASE_IMAGE {
+        default_base_checksum()
+    } else {
+        None
+    }
 }
 fn default_kubernetes_version() -> String {
     DEFAULT_KUBERNETES_VERSION.to_owned()
@@ -545,7 +556,7 @@ impl Config {
     /// Parses and validates configuration text; `path` is only used in error messages.
     /// Paths are kept as written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| {
+        let mut config: Config = toml::from_str(text).map_err(|source| {
             let (line, key) = locate(text, source.span());
             ConfigError::Parse {
                 path: path.to_owned(),
@@ -554,6 +565,11 @@ impl Config {
                 source: Box::new(source),
             }
         })?;
+        config.base.checksum = config
+            .base
+            .checksum
+            .take()
+            .or_else(|| default_checksum_for(&config.base.image));
         config.validate(&format!("`{}`", path.display()))?;
         Ok(config)
     }
@@ -585,6 +601,10 @@ impl Config {
             if let Some(p) = relative_local_image(&self.base.image) {
                 self.base.image = cwd.join(p).display().to_string();
             }
+            // The configured checksum belongs to the configured image: another image needs
+            // `--base-checksum` or `--insecure-skip-checksum` (issue #15.7: a local image with
+            // --insecure-skip-checksum must not fetch Rocky's CHECKSUM).
+            self.base.checksum = default_checksum_for(&self.base.image);
         }
         if let Some(mut v) = base_checksum {
             if let ChecksumSource::File(ChecksumFile::Path(p)) = &mut v
@@ -1189,6 +1209,56 @@ debug = true
         );
         // Untouched values stay.
         assert_eq!(c.vm.memory_mib, 4096);
+    }
+
+    #[test]
+    fn custom_image_gets_no_default_checksum() {
+        // kib.toml: an image without a checksum has none (the build then needs
+        // --insecure-skip-checksum); the default image keeps Rocky's CHECKSUM.
+        let c = parse("[base]\nimage = \"/srv/my.qcow2\"\n").unwrap();
+        assert_eq!(c.base.checksum, None);
+        let c = parse(&format!("[base]\nimage = \"{DEFAULT_BASE_IMAGE}\"\n")).unwrap();
+        assert_eq!(
+            c.base.checksum.as_ref().map(ToString::to_string).as_deref(),
+            Some(DEFAULT_BASE_CHECKSUM)
+        );
+        let c = parse("[base]\nimage = \"/srv/my.qcow2\"\nchecksum = \"sha256:9fc9e9ff16888bb68ac39b0392e25c9c92684d50c85f1cce6ab549363bbc4b48\"\n").unwrap();
+        assert!(matches!(c.base.checksum, Some(ChecksumSource::Value(_))));
+    }
+
+    #[test]
+    fn base_image_override_drops_the_configured_checksum() {
+        // The repository's kib.toml names Rocky's CHECKSUM explicitly; `--base-image
+        // ./my.qcow2 --insecure-skip-checksum` must not use it (no network at all).
+        let mut c = parse(include_str!("../../kib.toml")).unwrap();
+        assert!(c.base.checksum.is_some());
+        c.apply(Overrides {
+            base_image: Some("my.qcow2".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.base.checksum, None);
+        assert!(Path::new(&c.base.image).is_absolute());
+        // With --base-checksum, that one is used.
+        let mut c = Config::default();
+        c.apply(Overrides {
+            base_image: Some("/srv/my.qcow2".into()),
+            base_checksum: Some("file:/srv/SHA256SUMS".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            &c.base.checksum,
+            Some(ChecksumSource::File(ChecksumFile::Path(p))) if p == Path::new("/srv/SHA256SUMS")
+        ));
+        // Naming the default image again keeps its checksum.
+        let mut c = Config::default();
+        c.apply(Overrides {
+            base_image: Some(DEFAULT_BASE_IMAGE.into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(c.base.checksum.is_some());
     }
 
     #[test]
