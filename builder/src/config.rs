@@ -29,6 +29,13 @@
 //!
 //! [[provisioner]]
 //! type = "ansible"
+//! playbook = "playbook/upgrade.yml"
+//!
+//! [[provisioner]]
+//! type = "reboot"
+//!
+//! [[provisioner]]
+//! type = "ansible"
 //! playbook = "playbook/site.yml"
 //!
 //! [vars]                    # extra vars for every ansible provisioner
@@ -52,7 +59,7 @@ pub use kib_manifest::{Compression, ImageFormat};
 pub use kib_vm::{AccelRequest, Firmware};
 
 use crate::checksum::{ChecksumFile, ChecksumSource};
-use crate::provision::{AnsibleProvisioner, Provisioner};
+use crate::provision::{AnsibleProvisioner, Provisioner, RebootProvisioner};
 
 /// The default base image: the newest Rocky Linux 10 GenericCloud Base image.
 pub const DEFAULT_BASE_IMAGE: &str = "https://dl.rockylinux.org/pub/rocky/10/images/x86_64/Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";
@@ -168,7 +175,7 @@ pub enum ValueError {
     },
     /// Not a usable Linux user name.
     #[error(
-        "`{value}` is not a valid user name (lower-case letters, digits, `_` and `-`; not `root`)"
+        "`{value}` is not a valid user name (lower-case letters, digits, `_` and `-`; not an account of the image such as `root`)"
     )]
     UserName {
         /// The value given.
@@ -207,7 +214,7 @@ impl ValueError {
     /// A suggestion for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ValueError::UserName { value } if value == "root" => Some(
+            ValueError::UserName { value } if RESERVED_USERS.contains(&value.as_str()) => Some(
                 "the build user is deleted at the end of the build; pick a dedicated name such as `kib-build`"
                     .to_owned(),
             ),
@@ -424,12 +431,20 @@ fn default_output_dir() -> PathBuf {
 fn default_output_name() -> String {
     "rocky10-kubernetes".to_owned()
 }
+/// Upgrade, reboot into the new kernel, then the node (playbook/upgrade.yml's header).
 fn default_provisioners() -> Vec<Provisioner> {
-    vec![Provisioner::Ansible(AnsibleProvisioner {
-        playbook: PathBuf::from("playbook/site.yml"),
-        extra_vars: BTreeMap::new(),
-        extra_args: Vec::new(),
-    })]
+    let ansible = |playbook: &str| {
+        Provisioner::Ansible(AnsibleProvisioner {
+            playbook: PathBuf::from(playbook),
+            extra_vars: BTreeMap::new(),
+            extra_args: Vec::new(),
+        })
+    };
+    vec![
+        ansible("playbook/upgrade.yml"),
+        Provisioner::Reboot(RebootProvisioner::default()),
+        ansible("playbook/site.yml"),
+    ]
 }
 
 impl Default for BaseConfig {
@@ -744,9 +759,56 @@ fn too_small(value: impl fmt::Display, min: &str) -> ValueError {
     }
 }
 
+/// Accounts of Rocky and Debian cloud images (and their usual services) that the build must
+/// never take over: the build user is deleted with its home at the end (issue #16.4). The
+/// guest side also refuses uids below 1000 and homes outside /home (`finish_script`).
+const RESERVED_USERS: &[&str] = &[
+    "root",
+    "bin",
+    "daemon",
+    "adm",
+    "lp",
+    "sync",
+    "shutdown",
+    "halt",
+    "mail",
+    "operator",
+    "games",
+    "ftp",
+    "nobody",
+    "sys",
+    "man",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "sshd",
+    "dbus",
+    "polkitd",
+    "chrony",
+    "tss",
+    "rpc",
+    "rpcuser",
+    "systemd-network",
+    "systemd-resolve",
+    "systemd-timesync",
+    "systemd-coredump",
+    "systemd-oom",
+    "messagebus",
+    "_apt",
+    "rocky",
+    "cloud-user",
+    "admin",
+    "debian",
+];
+
 fn valid_user_name(name: &str) -> bool {
     let mut chars = name.chars();
-    name != "root"
+    !RESERVED_USERS.contains(&name)
         && name.len() <= 32
         && chars
             .next()
@@ -1013,9 +1075,12 @@ mod tests {
             (c.output.format, c.output.compression),
             (ImageFormat::Qcow2, Compression::Zstd)
         );
-        assert!(
-            matches!(&c.provisioners[..], [Provisioner::Ansible(a)] if a.playbook == Path::new("playbook/site.yml"))
-        );
+        assert!(matches!(
+            &c.provisioners[..],
+            [Provisioner::Ansible(u), Provisioner::Reboot(_), Provisioner::Ansible(s)]
+                if u.playbook == Path::new("playbook/upgrade.yml")
+                    && s.playbook == Path::new("playbook/site.yml")
+        ));
     }
 
     #[test]
@@ -1170,6 +1235,12 @@ debug = true
         }
         let root = parse("[vm]\nssh_user = \"root\"\n").unwrap_err();
         assert!(root.hint().unwrap().contains("deleted"));
+        // Accounts of the image are refused too: their home would be deleted (#16.4).
+        for name in ["daemon", "nobody", "rocky", "sshd", "systemd-network"] {
+            let err = parse(&format!("[vm]\nssh_user = \"{name}\"\n")).unwrap_err();
+            assert!(err.hint().unwrap().contains("deleted"), "{name}");
+        }
+        assert!(parse("[vm]\nssh_user = \"kib-build-2\"\n").is_ok());
     }
 
     #[test]

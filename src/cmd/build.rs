@@ -22,7 +22,7 @@ const AFTER_HELP: &str = "\
 What it does: downloads (once, into the cache) and verifies the base cloud image, boots a
 copy-on-write overlay of it in QEMU (KVM where it can boot a guest, TCG otherwise), seeds
 cloud-init with a throwaway build user and SSH key, runs the provisioners of kib.toml (by
-default the Ansible playbook playbook/site.yml), removes the build user, trims the disk, powers
+default playbook/upgrade.yml, a reboot into the new kernel, then playbook/site.yml), removes the build user, trims the disk, powers
 the VM off over ACPI and exports a standalone compressed qcow2, <name>.qcow2.sha256 and
 build-manifest.json into the output folder.
 
@@ -33,6 +33,8 @@ Examples:
   kib build                                   # Rocky Linux 10 + Kubernetes from kib.toml
   kib build -k 1.37.1 --output-dir out        # another Kubernetes release
   kib build --base-image ./my.qcow2 --base-checksum sha256:<hex> --network isolated
+  kib build --base-image ./my.qcow2 --insecure-skip-checksum   # no checksum, no download
+                                              # (Rocky's CHECKSUM is only for the default image)
   kib build --on-error abort                  # keep the VM for debugging when a step fails
 
 Next: kib conformance out/<name>.qcow2, then kib publish --qcow2 ... --manifest ...";

@@ -311,6 +311,56 @@ fn ssh_timeout_names_the_cause_and_cleans_up() {
     assert_no_process_mentions(dir.path());
 }
 
+/// Issue #15.3: a `reboot` provisioner reboots the guest and the next steps run in the new
+/// boot, over a new SSH session with the same (pinned) host key: a marker in /run (tmpfs) is
+/// gone and the boot id changed.
+#[test]
+fn reboot_provisioner_reboots_and_logs_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[[provisioner]]
+type = "shell"
+inline = [
+  "echo kib > /run/kib-reboot-marker",
+  "cat /proc/sys/kernel/random/boot_id > /var/tmp/kib-boot-id-before",
+]
+
+[[provisioner]]
+type = "reboot"
+
+[[provisioner]]
+type = "shell"
+inline = [
+  "test ! -e /run/kib-reboot-marker",
+  "test \"$(cat /proc/sys/kernel/random/boot_id)\" != \"$(cat /var/tmp/kib-boot-id-before)\"",
+  "rm /var/tmp/kib-boot-id-before",
+]
+"#,
+        "10m",
+    );
+    let started = std::time::Instant::now();
+    let out = kib(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "kib build took {:.0}s\n{stderr}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("back up (boot id"), "{stderr}");
+    assert_out_dir_holds(
+        &dir.path().join("out"),
+        &[
+            "node.qcow2",
+            "node.qcow2.sha256",
+            "build-manifest.json",
+            "collected",
+        ],
+    );
+    assert_no_process_mentions(dir.path());
+}
+
 #[test]
 fn failing_playbook_names_the_step_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
