@@ -554,7 +554,7 @@ async fn create_overlay(base: &ResolvedImage, overlay: &Path, size: u64) -> Resu
         path: overlay.to_path_buf(),
         source,
     };
-    let out = tokio::process::Command::new("qemu-img")
+    let out = kib_vm::scrub_secrets(&mut tokio::process::Command::new("qemu-img"))
         .args(["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"])
         .arg(&base.path)
         .arg(overlay)

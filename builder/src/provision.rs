@@ -540,6 +540,8 @@ async fn run_ansible(
     create_private_dir(&local_tmp)?;
 
     let mut cmd = tokio::process::Command::new(program);
+    // Ansible and the ssh it starts get none of kib's secrets (issue #16.10).
+    kib_vm::scrub_secrets(&mut cmd);
     cmd.arg("-i")
         .arg(&inventory)
         .arg("--extra-vars")

@@ -338,7 +338,7 @@ inline = [
   "rm /var/tmp/kib-boot-id-before",
 ]
 "#,
-        "10m",
+        "20m",
     );
     let started = std::time::Instant::now();
     let out = kib(&config, &[]);

@@ -336,7 +336,7 @@ impl QemuRunner {
             let args = qemu_args(&spec, &plan);
             tracing::debug!(vm = %name, qemu = %self.qemu.display(), ?args, "starting QEMU");
             let stderr = fs_err::File::create(&stderr_log).map_err(prep(&stderr_log))?;
-            let child = Command::new(&self.qemu)
+            let child = crate::scrub_secrets(&mut Command::new(&self.qemu))
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
