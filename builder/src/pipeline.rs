@@ -183,15 +183,26 @@ pub async fn build<R: Runner>(
         path: out_dir.clone(),
         source,
     })?;
+    remove_stale_work_dirs(&out_dir, reporter);
     // The work dir sits next to the output so the final rename stays on one filesystem; it is
     // removed when `work` drops, on every path.
     let work = tempfile::Builder::new()
-        .prefix(".kib-build-")
+        .prefix(WORK_PREFIX)
         .tempdir_in(&out_dir)
         .map_err(|source| BuildError::WorkDir {
             path: out_dir.clone(),
             source,
         })?;
+    // Whose folder this is: a later build removes it if this process died without cleaning up
+    // (SIGKILL, OOM; issue #16.6).
+    fs_err::write(
+        work.path().join(PID_FILE),
+        format!("{}\n", std::process::id()),
+    )
+    .map_err(|source| BuildError::WorkDir {
+        path: work.path().to_path_buf(),
+        source,
+    })?;
     let mut pipeline = Pipeline {
         runner,
         request: &request,
@@ -549,6 +560,45 @@ sync
     )
 }
 
+const WORK_PREFIX: &str = ".kib-build-";
+const PID_FILE: &str = "kib.pid";
+
+/// Removes the work folders (`.kib-build-*`, holding a build key and a disk) that a killed
+/// build left in `out_dir`: those whose `kib.pid` names a process that no longer runs. A folder
+/// without a pid file (made by an older kib) is named in a warning, not removed.
+pub fn remove_stale_work_dirs(out_dir: &Path, reporter: &dyn Reporter) {
+    let Ok(entries) = fs_err::read_dir(out_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(WORK_PREFIX) || !entry.path().is_dir() {
+            continue;
+        }
+        let path = entry.path();
+        let pid = fs_err::read_to_string(path.join(PID_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        match pid {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => {}
+            Some(pid) => match fs_err::remove_dir_all(&path) {
+                Ok(()) => reporter.on_warning(&format!(
+                    "removed `{}`, left by a build (pid {pid}) that was killed",
+                    path.display()
+                )),
+                Err(e) => reporter.on_warning(&format!(
+                    "`{}` was left by a killed build (pid {pid}) and could not be removed: {e}; remove it by hand",
+                    path.display()
+                )),
+            },
+            None => reporter.on_warning(&format!(
+                "`{}` looks like the work folder of an interrupted build (it may hold a disk and an SSH key); remove it if no build is running",
+                path.display()
+            )),
+        }
+    }
+}
+
 async fn create_overlay(base: &ResolvedImage, overlay: &Path, size: u64) -> Result<(), BuildError> {
     let err = |source| BuildError::Overlay {
         path: overlay.to_path_buf(),
@@ -630,6 +680,41 @@ mod tests {
             calls,
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    #[derive(Default)]
+    struct Warnings(std::sync::Mutex<Vec<String>>);
+    impl Reporter for Warnings {
+        fn on_warning(&self, message: &str) {
+            self.0.lock().unwrap().push(message.to_owned());
+        }
+    }
+
+    /// Issue #16.6: a work folder whose build died is removed by the next build; one whose
+    /// build still runs (this test process) is kept; one without a pid file is named.
+    #[test]
+    fn stale_work_dirs_are_removed_and_live_ones_kept() {
+        let out = tempfile::tempdir().unwrap();
+        let dead = out.path().join(".kib-build-dead");
+        let live = out.path().join(".kib-build-live");
+        let old = out.path().join(".kib-build-old");
+        let other = out.path().join("node.qcow2");
+        for d in [&dead, &live, &old] {
+            fs_err::create_dir(d).unwrap();
+            fs_err::write(d.join("disk.qcow2"), "x").unwrap();
+        }
+        fs_err::write(&other, "image").unwrap();
+        // A pid that does not run: past the kernel's pid_max (at most 2^22).
+        fs_err::write(dead.join(PID_FILE), "4194305\n").unwrap();
+        fs_err::write(live.join(PID_FILE), format!("{}\n", std::process::id())).unwrap();
+        let warnings = Warnings::default();
+        remove_stale_work_dirs(out.path(), &warnings);
+        assert!(!dead.exists());
+        assert!(live.exists() && old.exists() && other.exists());
+        let w = warnings.0.lock().unwrap().join("\n");
+        assert!(w.contains(".kib-build-dead") && w.contains("killed"), "{w}");
+        assert!(w.contains(".kib-build-old"), "{w}");
+        assert!(!w.contains(".kib-build-live"), "{w}");
     }
 
     const BUILD_USER: &str = "kib-build:x:1001:1001::/home/kib-build:/bin/bash";

@@ -87,6 +87,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "MODEL", help_heading = "Build VM")]
     cpu_model: Option<String>,
     /// Guest network: `outbound` (NAT, what a real build needs) or `isolated` (nothing leaves this host).
+    /// With `outbound` the guest can also reach services on this host's 127.0.0.1 through
+    /// 10.0.2.2 (QEMU user networking); use `isolated` if that matters (README, "Network").
     #[arg(long, value_name = "outbound|isolated", help_heading = "Build VM")]
     network: Option<NetworkMode>,
     /// How long to wait for the VM to answer on SSH, e.g. `15m`.
