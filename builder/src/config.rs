@@ -29,6 +29,13 @@
 //!
 //! [[provisioner]]
 //! type = "ansible"
+//! playbook = "playbook/upgrade.yml"
+//!
+//! [[provisioner]]
+//! type = "reboot"
+//!
+//! [[provisioner]]
+//! type = "ansible"
 //! playbook = "playbook/site.yml"
 //!
 //! [vars]                    # extra vars for every ansible provisioner
@@ -52,7 +59,7 @@ pub use kib_manifest::{Compression, ImageFormat};
 pub use kib_vm::{AccelRequest, Firmware};
 
 use crate::checksum::{ChecksumFile, ChecksumSource};
-use crate::provision::{AnsibleProvisioner, Provisioner};
+use crate::provision::{AnsibleProvisioner, Provisioner, RebootProvisioner};
 
 /// The default base image: the newest Rocky Linux 10 GenericCloud Base image.
 pub const DEFAULT_BASE_IMAGE: &str = "https://dl.rockylinux.org/pub/rocky/10/images/x86_64/Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";
@@ -168,7 +175,7 @@ pub enum ValueError {
     },
     /// Not a usable Linux user name.
     #[error(
-        "`{value}` is not a valid user name (lower-case letters, digits, `_` and `-`; not `root`)"
+        "`{value}` is not a valid user name (lower-case letters, digits, `_` and `-`; not an account of the image such as `root`)"
     )]
     UserName {
         /// The value given.
@@ -207,7 +214,7 @@ impl ValueError {
     /// A suggestion for fixing the error, when there is an obvious one.
     pub fn hint(&self) -> Option<String> {
         match self {
-            ValueError::UserName { value } if value == "root" => Some(
+            ValueError::UserName { value } if RESERVED_USERS.contains(&value.as_str()) => Some(
                 "the build user is deleted at the end of the build; pick a dedicated name such as `kib-build`"
                     .to_owned(),
             ),
@@ -306,7 +313,9 @@ pub struct BaseConfig {
     #[serde(default = "default_base_image")]
     pub image: String,
     /// `sha256:HEX`, `file:URL` or `file:PATH`; `None` needs `--insecure-skip-checksum`.
-    #[serde(default = "default_base_checksum")]
+    /// The default (Rocky's published `CHECKSUM`) belongs to the default image only: a
+    /// configured image without its own checksum gets none ([`Config::parse`]).
+    #[serde(default)]
     pub checksum: Option<ChecksumSource>,
 }
 
@@ -386,6 +395,15 @@ fn default_base_checksum() -> Option<ChecksumSource> {
             .expect("the default checksum source parses"),
     )
 }
+/// The checksum an image gets when none is given: Rocky's `CHECKSUM` for the default image,
+/// nothing for any other.
+fn default_checksum_for(image: &str) -> Option<ChecksumSource> {
+    if image == DEFAULT_BASE_IMAGE {
+        default_base_checksum()
+    } else {
+        None
+    }
+}
 fn default_kubernetes_version() -> String {
     DEFAULT_KUBERNETES_VERSION.to_owned()
 }
@@ -413,12 +431,20 @@ fn default_output_dir() -> PathBuf {
 fn default_output_name() -> String {
     "rocky10-kubernetes".to_owned()
 }
+/// Upgrade, reboot into the new kernel, then the node (playbook/upgrade.yml's header).
 fn default_provisioners() -> Vec<Provisioner> {
-    vec![Provisioner::Ansible(AnsibleProvisioner {
-        playbook: PathBuf::from("playbook/site.yml"),
-        extra_vars: BTreeMap::new(),
-        extra_args: Vec::new(),
-    })]
+    let ansible = |playbook: &str| {
+        Provisioner::Ansible(AnsibleProvisioner {
+            playbook: PathBuf::from(playbook),
+            extra_vars: BTreeMap::new(),
+            extra_args: Vec::new(),
+        })
+    };
+    vec![
+        ansible("playbook/upgrade.yml"),
+        Provisioner::Reboot(RebootProvisioner::default()),
+        ansible("playbook/site.yml"),
+    ]
 }
 
 impl Default for BaseConfig {
@@ -545,7 +571,7 @@ impl Config {
     /// Parses and validates configuration text; `path` is only used in error messages.
     /// Paths are kept as written.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| {
+        let mut config: Config = toml::from_str(text).map_err(|source| {
             let (line, key) = locate(text, source.span());
             ConfigError::Parse {
                 path: path.to_owned(),
@@ -554,6 +580,11 @@ impl Config {
                 source: Box::new(source),
             }
         })?;
+        config.base.checksum = config
+            .base
+            .checksum
+            .take()
+            .or_else(|| default_checksum_for(&config.base.image));
         config.validate(&format!("`{}`", path.display()))?;
         Ok(config)
     }
@@ -585,6 +616,10 @@ impl Config {
             if let Some(p) = relative_local_image(&self.base.image) {
                 self.base.image = cwd.join(p).display().to_string();
             }
+            // The configured checksum belongs to the configured image: another image needs
+            // `--base-checksum` or `--insecure-skip-checksum` (issue #15.7: a local image with
+            // --insecure-skip-checksum must not fetch Rocky's CHECKSUM).
+            self.base.checksum = default_checksum_for(&self.base.image);
         }
         if let Some(mut v) = base_checksum {
             if let ChecksumSource::File(ChecksumFile::Path(p)) = &mut v
@@ -724,9 +759,56 @@ fn too_small(value: impl fmt::Display, min: &str) -> ValueError {
     }
 }
 
+/// Accounts of Rocky and Debian cloud images (and their usual services) that the build must
+/// never take over: the build user is deleted with its home at the end (issue #16.4). The
+/// guest side also refuses uids below 1000 and homes outside /home (`finish_script`).
+const RESERVED_USERS: &[&str] = &[
+    "root",
+    "bin",
+    "daemon",
+    "adm",
+    "lp",
+    "sync",
+    "shutdown",
+    "halt",
+    "mail",
+    "operator",
+    "games",
+    "ftp",
+    "nobody",
+    "sys",
+    "man",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "gnats",
+    "sshd",
+    "dbus",
+    "polkitd",
+    "chrony",
+    "tss",
+    "rpc",
+    "rpcuser",
+    "systemd-network",
+    "systemd-resolve",
+    "systemd-timesync",
+    "systemd-coredump",
+    "systemd-oom",
+    "messagebus",
+    "_apt",
+    "rocky",
+    "cloud-user",
+    "admin",
+    "debian",
+];
+
 fn valid_user_name(name: &str) -> bool {
     let mut chars = name.chars();
-    name != "root"
+    !RESERVED_USERS.contains(&name)
         && name.len() <= 32
         && chars
             .next()
@@ -993,9 +1075,12 @@ mod tests {
             (c.output.format, c.output.compression),
             (ImageFormat::Qcow2, Compression::Zstd)
         );
-        assert!(
-            matches!(&c.provisioners[..], [Provisioner::Ansible(a)] if a.playbook == Path::new("playbook/site.yml"))
-        );
+        assert!(matches!(
+            &c.provisioners[..],
+            [Provisioner::Ansible(u), Provisioner::Reboot(_), Provisioner::Ansible(s)]
+                if u.playbook == Path::new("playbook/upgrade.yml")
+                    && s.playbook == Path::new("playbook/site.yml")
+        ));
     }
 
     #[test]
@@ -1150,6 +1235,12 @@ debug = true
         }
         let root = parse("[vm]\nssh_user = \"root\"\n").unwrap_err();
         assert!(root.hint().unwrap().contains("deleted"));
+        // Accounts of the image are refused too: their home would be deleted (#16.4).
+        for name in ["daemon", "nobody", "rocky", "sshd", "systemd-network"] {
+            let err = parse(&format!("[vm]\nssh_user = \"{name}\"\n")).unwrap_err();
+            assert!(err.hint().unwrap().contains("deleted"), "{name}");
+        }
+        assert!(parse("[vm]\nssh_user = \"kib-build-2\"\n").is_ok());
     }
 
     #[test]
@@ -1189,6 +1280,56 @@ debug = true
         );
         // Untouched values stay.
         assert_eq!(c.vm.memory_mib, 4096);
+    }
+
+    #[test]
+    fn custom_image_gets_no_default_checksum() {
+        // kib.toml: an image without a checksum has none (the build then needs
+        // --insecure-skip-checksum); the default image keeps Rocky's CHECKSUM.
+        let c = parse("[base]\nimage = \"/srv/my.qcow2\"\n").unwrap();
+        assert_eq!(c.base.checksum, None);
+        let c = parse(&format!("[base]\nimage = \"{DEFAULT_BASE_IMAGE}\"\n")).unwrap();
+        assert_eq!(
+            c.base.checksum.as_ref().map(ToString::to_string).as_deref(),
+            Some(DEFAULT_BASE_CHECKSUM)
+        );
+        let c = parse("[base]\nimage = \"/srv/my.qcow2\"\nchecksum = \"sha256:9fc9e9ff16888bb68ac39b0392e25c9c92684d50c85f1cce6ab549363bbc4b48\"\n").unwrap();
+        assert!(matches!(c.base.checksum, Some(ChecksumSource::Value(_))));
+    }
+
+    #[test]
+    fn base_image_override_drops_the_configured_checksum() {
+        // The repository's kib.toml names Rocky's CHECKSUM explicitly; `--base-image
+        // ./my.qcow2 --insecure-skip-checksum` must not use it (no network at all).
+        let mut c = parse(include_str!("../../kib.toml")).unwrap();
+        assert!(c.base.checksum.is_some());
+        c.apply(Overrides {
+            base_image: Some("my.qcow2".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.base.checksum, None);
+        assert!(Path::new(&c.base.image).is_absolute());
+        // With --base-checksum, that one is used.
+        let mut c = Config::default();
+        c.apply(Overrides {
+            base_image: Some("/srv/my.qcow2".into()),
+            base_checksum: Some("file:/srv/SHA256SUMS".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            &c.base.checksum,
+            Some(ChecksumSource::File(ChecksumFile::Path(p))) if p == Path::new("/srv/SHA256SUMS")
+        ));
+        // Naming the default image again keeps its checksum.
+        let mut c = Config::default();
+        c.apply(Overrides {
+            base_image: Some(DEFAULT_BASE_IMAGE.into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(c.base.checksum.is_some());
     }
 
     #[test]

@@ -16,14 +16,19 @@
 //! source = "files/motd"
 //! destination = "/etc/motd"
 //! mode = "0644"
+//!
+//! [[provisioner]]
+//! type = "reboot"          # reboot the guest and log in again (within vm.boot_timeout)
 //! ```
+//! A reboot is what Packer (`expect_disconnect`, `windows-restart`) and image-builder do
+//! between a package upgrade and the steps that need the new kernel running.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -31,7 +36,8 @@ use tracing::{debug, info};
 
 use crate::reporter::Reporter;
 use kib_vm::ssh::{
-    ExitStatus, LineSplitter, OutputTail, Session, SshError, Stream, Tail, UploadSource,
+    ExitStatus, KeyPair, LineSplitter, OutputTail, Session, SshError, SshOptions, Stream, Tail,
+    UploadSource, wait_for_ssh,
 };
 
 /// One provisioning step.
@@ -44,7 +50,15 @@ pub enum Provisioner {
     Shell(ShellProvisioner),
     /// Upload a file into the VM.
     File(FileProvisioner),
+    /// Reboot the VM and wait until it answers on SSH again, with the same host key and a new
+    /// boot id.
+    Reboot(RebootProvisioner),
 }
+
+/// Reboots the VM (no settings: it waits up to `vm.boot_timeout` for the guest to come back).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebootProvisioner {}
 
 /// Runs an Ansible playbook against the VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,20 +123,25 @@ impl Provisioner {
                 if s.inline.len() == 1 { "" } else { "s" }
             ),
             Provisioner::File(f) => format!("file `{}`", f.destination),
+            Provisioner::Reboot(_) => "reboot".to_owned(),
         }
     }
 }
 
 /// Everything the provisioners need about the running build.
 pub struct ProvisionContext<'a> {
-    /// The SSH session to the VM (shell and file provisioners).
-    pub session: &'a Session,
     /// The VM's SSH address on the host (ansible connects on its own).
     pub ssh_addr: SocketAddr,
     /// The SSH user.
     pub user: &'a str,
     /// The build's private key in OpenSSH format, mode 0600 (for ansible).
     pub key_file: &'a Path,
+    /// A `known_hosts` file holding the guest's host key (for ansible's strict checking).
+    pub known_hosts: &'a Path,
+    /// The same key, for logging in again after a reboot.
+    pub key: &'a KeyPair,
+    /// How long a reboot may take until SSH answers again.
+    pub reboot_timeout: Duration,
     /// The folder of `kib.toml`: relative playbook and source paths resolve against it.
     pub base_dir: &'a Path,
     /// A private temporary folder for the generated inventory and variable files.
@@ -245,6 +264,36 @@ pub enum StepError {
         /// The mode as written.
         mode: String,
     },
+    /// `systemctl reboot` was refused.
+    #[error("The reboot command failed with {status}")]
+    RebootCommand {
+        /// How it ended.
+        status: ExitStatus,
+        /// Its last lines of stderr.
+        #[source]
+        stderr: OutputTail,
+    },
+    /// The guest's boot id could not be read (before or after the reboot).
+    #[error("Failed to read the guest's boot id")]
+    BootId(#[source] Box<SshError>),
+    /// `cat /proc/sys/kernel/random/boot_id` printed nothing or failed.
+    #[error("Reading the guest's boot id ended with {status}")]
+    BootIdStatus {
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The guest did not come back on SSH with a new boot id in time.
+    #[error("The VM did not come back on SSH within {} after the reboot", crate::config::format_duration(*after))]
+    RebootTimeout {
+        /// The limit (`vm.boot_timeout`).
+        after: Duration,
+        /// The last SSH error, if any.
+        #[source]
+        source: Option<Box<SshError>>,
+    },
+    /// The guest came back with another host key (or refused the build's key).
+    #[error("Failed to log in again after the reboot")]
+    Reconnect(#[source] Box<SshError>),
     /// Uploading a file failed.
     #[error("Failed to copy `{path}` into the VM")]
     Upload {
@@ -272,15 +321,20 @@ impl StepError {
                 Some("the build user needs passwordless sudo, or set `sudo = false` on the provisioner".to_owned())
             }
             StepError::ShellExec { source, .. } | StepError::Upload { source, .. } => source.hint(),
+            StepError::RebootTimeout { .. } => Some(
+                "raise `--boot-timeout`, or use `--on-error=abort` and look at the VM's console".to_owned(),
+            ),
             _ => None,
         }
     }
 }
 
 /// Runs the provisioners in order; the first failure stops the build.
+/// `session` is the open connection; a reboot step replaces it with the new one.
 pub async fn run_all(
     provisioners: &[Provisioner],
     ctx: &ProvisionContext<'_>,
+    session: &mut Session,
 ) -> Result<(), ProvisionError> {
     for (i, p) in provisioners.iter().enumerate() {
         let index = i + 1;
@@ -291,8 +345,9 @@ pub async fn run_all(
             Provisioner::Ansible(a) => {
                 run_ansible(index, a, ctx, OsStr::new(ANSIBLE_PLAYBOOK)).await
             }
-            Provisioner::Shell(s) => run_shell(s, ctx).await,
-            Provisioner::File(f) => run_file(f, ctx).await,
+            Provisioner::Shell(s) => run_shell(s, ctx, session).await,
+            Provisioner::File(f) => run_file(f, ctx, session).await,
+            Provisioner::Reboot(_) => run_reboot(ctx, session).await,
         };
         result.map_err(|source| ProvisionError::Step {
             index,
@@ -307,11 +362,16 @@ pub async fn run_all(
 /// The program the ansible provisioner runs, found on `PATH`.
 pub const ANSIBLE_PLAYBOOK: &str = "ansible-playbook";
 
-/// SSH options for ansible's own connections: host key checking off (the VM is throwaway and
-/// its key new on every build), only the build key, keepalives to notice a dead guest, and no
-/// "Permanently added" noise.
-const ANSIBLE_SSH_COMMON_ARGS: &str = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes \
-     -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR";
+/// SSH options for ansible's own connections: the guest's host key (generated by kib and
+/// handed in through cloud-init) is the only one accepted, from the build's own `known_hosts`
+/// (issue #16.7); only the build key; keepalives to notice a dead guest; no noise.
+fn ansible_ssh_common_args(known_hosts: &Path) -> String {
+    format!(
+        "-o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null \
+         -o IdentitiesOnly=yes -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR",
+        kib_vm::ssh::shell_quote(&known_hosts.to_string_lossy())
+    )
+}
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
@@ -324,14 +384,19 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// The generated inventory: one host, `default`, reached over the forwarded SSH port. Written as
 /// JSON, which ansible's YAML inventory plugin reads, so that no path or argument needs INI
 /// quoting.
-pub fn render_inventory(ssh_addr: SocketAddr, user: &str, key_file: &Path) -> String {
+pub fn render_inventory(
+    ssh_addr: SocketAddr,
+    user: &str,
+    key_file: &Path,
+    known_hosts: &Path,
+) -> String {
     let host = serde_json::json!({
         "ansible_host": ssh_addr.ip().to_string(),
         "ansible_port": ssh_addr.port(),
         "ansible_user": user,
         "ansible_ssh_private_key_file": key_file.to_string_lossy(),
         "ansible_python_interpreter": "auto_silent",
-        "ansible_ssh_common_args": ANSIBLE_SSH_COMMON_ARGS,
+        "ansible_ssh_common_args": ansible_ssh_common_args(known_hosts),
     });
     let inventory = serde_json::json!({ "all": { "hosts": { "default": host } } });
     let mut s = serde_json::to_string_pretty(&inventory).unwrap_or_default();
@@ -358,7 +423,7 @@ pub fn merged_vars(
 /// The environment of `ansible-playbook`.
 fn ansible_env(control_dir: &Path, local_tmp: &Path) -> Vec<(&'static str, String)> {
     vec![
-        ("ANSIBLE_HOST_KEY_CHECKING", "False".to_owned()),
+        ("ANSIBLE_HOST_KEY_CHECKING", "True".to_owned()),
         ("ANSIBLE_NOCOLOR", "1".to_owned()),
         ("ANSIBLE_FORCE_COLOR", "0".to_owned()),
         ("ANSIBLE_RETRY_FILES_ENABLED", "0".to_owned()),
@@ -463,7 +528,7 @@ async fn run_ansible(
     let inventory = ctx.work_dir.join(format!("inventory-{index}.yml"));
     write_private_file(
         &inventory,
-        render_inventory(ctx.ssh_addr, ctx.user, ctx.key_file).as_bytes(),
+        render_inventory(ctx.ssh_addr, ctx.user, ctx.key_file, ctx.known_hosts).as_bytes(),
     )?;
     let vars_file = ctx.work_dir.join(format!("extra-vars-{index}.json"));
     let vars = merged_vars(&a.extra_vars, ctx.vars, ctx.collect_dir);
@@ -475,6 +540,8 @@ async fn run_ansible(
     create_private_dir(&local_tmp)?;
 
     let mut cmd = tokio::process::Command::new(program);
+    // Ansible and the ssh it starts get none of kib's secrets (issue #16.10).
+    kib_vm::scrub_secrets(&mut cmd);
     cmd.arg("-i")
         .arg(&inventory)
         .arg("--extra-vars")
@@ -574,7 +641,11 @@ async fn pump_lines(
     Ok(())
 }
 
-async fn run_shell(s: &ShellProvisioner, ctx: &ProvisionContext<'_>) -> Result<(), StepError> {
+async fn run_shell(
+    s: &ShellProvisioner,
+    ctx: &ProvisionContext<'_>,
+    session: &Session,
+) -> Result<(), StepError> {
     for (i, command) in s.inline.iter().enumerate() {
         let number = i + 1;
         let mut tail = Tail::default();
@@ -585,9 +656,9 @@ async fn run_shell(s: &ShellProvisioner, ctx: &ProvisionContext<'_>) -> Result<(
             ctx.reporter.on_output_line("shell", line);
         };
         let result = if s.sudo {
-            ctx.session.exec_sudo(command, &mut on_line).await
+            session.exec_sudo(command, &mut on_line).await
         } else {
-            ctx.session.exec(command, None, &mut on_line).await
+            session.exec(command, None, &mut on_line).await
         };
         let status = result.map_err(|source| StepError::ShellExec {
             number,
@@ -615,14 +686,18 @@ pub fn parse_mode(mode: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o7777)
 }
 
-async fn run_file(f: &FileProvisioner, ctx: &ProvisionContext<'_>) -> Result<(), StepError> {
+async fn run_file(
+    f: &FileProvisioner,
+    ctx: &ProvisionContext<'_>,
+    session: &Session,
+) -> Result<(), StepError> {
     let mode = parse_mode(&f.mode).ok_or_else(|| StepError::InvalidMode {
         mode: f.mode.clone(),
     })?;
     let path = resolve(ctx.base_dir, &f.source);
     // Root needs no sudo (and a minimal guest may not have it).
     let sudo = ctx.user != "root";
-    ctx.session
+    session
         .upload(UploadSource::Path(&path), &f.destination, mode, sudo)
         .await
         .map_err(|source| StepError::Upload {
@@ -640,21 +715,112 @@ async fn run_file(f: &FileProvisioner, ctx: &ProvisionContext<'_>) -> Result<(),
     Ok(())
 }
 
+/// The guest's `/proc/sys/kernel/random/boot_id`: new on every boot.
+async fn boot_id(session: &Session) -> Result<String, StepError> {
+    let mut id = String::new();
+    let status = session
+        .exec(
+            "cat /proc/sys/kernel/random/boot_id",
+            None,
+            &mut |stream, line| {
+                if stream == Stream::Stdout {
+                    id.push_str(line.trim());
+                }
+            },
+        )
+        .await
+        .map_err(|e| StepError::BootId(Box::new(e)))?;
+    if !status.success() || id.is_empty() {
+        return Err(StepError::BootIdStatus { status });
+    }
+    Ok(id)
+}
+
+/// Reboots the guest and logs in again with the pinned host key, until the boot id differs
+/// (a login that races the shutdown reaches the old boot and is retried).
+async fn run_reboot(ctx: &ProvisionContext<'_>, session: &mut Session) -> Result<(), StepError> {
+    let before = boot_id(session).await?;
+    let mut tail = Tail::default();
+    // `--no-block` queues the reboot and returns, so the command ends before sshd goes away;
+    // the connection dropping under it is expected.
+    let result = session
+        .exec_sudo("systemctl --no-block reboot", &mut |stream, line| {
+            if stream == Stream::Stderr {
+                tail.push(line);
+            }
+        })
+        .await;
+    match result {
+        Ok(status) if !status.success() => {
+            return Err(StepError::RebootCommand {
+                status,
+                stderr: tail.into_output(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            debug!(error = %kib_vm::error_chain(&e), "the connection dropped under the reboot")
+        }
+    }
+    ctx.reporter
+        .on_output_line("reboot", "rebooting, waiting for SSH");
+    let opts = session.pinned_options(&SshOptions::default());
+    let deadline = Instant::now() + ctx.reboot_timeout;
+    let mut last: Option<Box<SshError>> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(StepError::RebootTimeout {
+                after: ctx.reboot_timeout,
+                source: last,
+            });
+        }
+        match wait_for_ssh(ctx.ssh_addr, ctx.user, ctx.key, &opts, left).await {
+            Ok(new) => match boot_id(&new).await {
+                Ok(id) if id != before => {
+                    let old = std::mem::replace(session, new);
+                    old.close().await;
+                    ctx.reporter
+                        .on_output_line("reboot", &format!("back up (boot id {id})"));
+                    return Ok(());
+                }
+                Ok(_) => new.close().await,
+                Err(e) => {
+                    new.close().await;
+                    if let StepError::BootId(e) = e {
+                        last = Some(e);
+                    }
+                }
+            },
+            Err(e @ (SshError::HostKeyChanged { .. } | SshError::AuthRejected { .. })) => {
+                return Err(StepError::Reconnect(Box::new(e)));
+            }
+            Err(e) => last = Some(Box::new(e)),
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(left)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The pipeline may run provisioning on a multi-threaded runtime.
     #[allow(dead_code)]
-    fn run_all_is_send(p: &[Provisioner], ctx: &ProvisionContext<'_>) {
+    fn run_all_is_send(p: &[Provisioner], ctx: &ProvisionContext<'_>, s: &mut Session) {
         fn is_send<T: Send>(_: &T) {}
-        is_send(&run_all(p, ctx));
+        is_send(&run_all(p, ctx, s));
     }
 
     #[test]
     fn inventory_names_host_port_user_key_and_ssh_args() {
         let addr: SocketAddr = "127.0.0.1:2222".parse().unwrap();
-        let text = render_inventory(addr, "kib", Path::new("/tmp/k b/id_ed25519"));
+        let text = render_inventory(
+            addr,
+            "kib",
+            Path::new("/tmp/k b/id_ed25519"),
+            Path::new("/tmp/k b/known_hosts"),
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let host = &v["all"]["hosts"]["default"];
         assert_eq!(host["ansible_host"], "127.0.0.1");
@@ -664,8 +830,9 @@ mod tests {
         assert_eq!(host["ansible_python_interpreter"], "auto_silent");
         let args = host["ansible_ssh_common_args"].as_str().unwrap();
         for want in [
-            "StrictHostKeyChecking=no",
-            "UserKnownHostsFile=/dev/null",
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile='/tmp/k b/known_hosts'",
+            "GlobalKnownHostsFile=/dev/null",
             "IdentitiesOnly=yes",
         ] {
             assert!(args.contains(want), "{args}");
@@ -690,7 +857,7 @@ mod tests {
     fn ansible_env_sets_the_non_interactive_settings() {
         let env = ansible_env(Path::new("/w/cp"), Path::new("/w/tmp"));
         let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("ANSIBLE_HOST_KEY_CHECKING"), Some("False"));
+        assert_eq!(get("ANSIBLE_HOST_KEY_CHECKING"), Some("True"));
         assert_eq!(get("ANSIBLE_NOCOLOR"), Some("1"));
         assert_eq!(get("ANSIBLE_RETRY_FILES_ENABLED"), Some("0"));
         assert_eq!(get("ANSIBLE_PIPELINING"), Some("1"));

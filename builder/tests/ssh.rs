@@ -588,9 +588,10 @@ async fn reconnect_refuses_a_changed_host_key() {
 struct Fixture {
     sshd: Sshd,
     key: KeyPair,
-    session: Session,
+    session: tokio::sync::Mutex<Session>,
     key_dir: tempfile::TempDir,
     key_file: PathBuf,
+    known_hosts: PathBuf,
     base: tempfile::TempDir,
     work: tempfile::TempDir,
     collect: tempfile::TempDir,
@@ -602,12 +603,20 @@ async fn fixture() -> Fixture {
     let session = session(&sshd, &key).await;
     let key_dir = tempfile::tempdir().unwrap();
     let key_file = key.write_private_key(key_dir.path()).unwrap();
+    // Ansible checks the host key strictly against this file, as in a build.
+    let known_hosts = key_dir.path().join("known_hosts");
+    fs_err::write(
+        &known_hosts,
+        session.host_key().known_hosts_line(sshd.addr()),
+    )
+    .unwrap();
     Fixture {
         sshd,
         key,
-        session,
+        session: tokio::sync::Mutex::new(session),
         key_dir,
         key_file,
+        known_hosts,
         base: tempfile::tempdir().unwrap(),
         work: tempfile::tempdir().unwrap(),
         collect: tempfile::tempdir().unwrap(),
@@ -623,17 +632,19 @@ impl Fixture {
     ) -> Result<(), ProvisionError> {
         let user = current_user();
         let ctx = ProvisionContext {
-            session: &self.session,
             ssh_addr: self.sshd.addr(),
             user: &user,
             key_file: &self.key_file,
+            known_hosts: &self.known_hosts,
+            key: &self.key,
+            reboot_timeout: std::time::Duration::from_secs(60),
             base_dir: self.base.path(),
             work_dir: self.work.path(),
             collect_dir: self.collect.path(),
             vars,
             reporter,
         };
-        run_all(provisioners, &ctx).await
+        run_all(provisioners, &ctx, &mut *self.session.lock().await).await
     }
 }
 
@@ -653,6 +664,56 @@ fn assert_ansible_installed() {
     assert!(
         matches!(ok, Ok(s) if s.success()),
         "ansible-playbook is missing: {HINT}"
+    );
+}
+
+/// Issue #16.7: ansible checks the host key strictly against the build's known_hosts; a key
+/// that is not the pinned one is refused (no trust on first use, no `StrictHostKeyChecking=no`).
+#[tokio::test]
+async fn ansible_refuses_a_host_key_other_than_the_pinned_one() {
+    assert_ansible_installed();
+    let f = fixture().await;
+    std::fs::write(
+        f.base.path().join("ping.yml"),
+        "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: ping\n      ansible.builtin.ping:\n",
+    )
+    .unwrap();
+    let python = BTreeMap::from([(
+        "ansible_python_interpreter".to_owned(),
+        serde_json::json!("/usr/bin/python3"),
+    )]);
+    // With the right key: it runs.
+    let reporter = Recorder::default();
+    f.run(
+        &[ansible("ping.yml", python.clone())],
+        &BTreeMap::new(),
+        &reporter,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", reporter.lines("ansible").join("\n")));
+    // With another key in known_hosts: refused.
+    let other = KeyPair::generate().as_host_key();
+    std::fs::write(&f.known_hosts, other.known_hosts_line(f.sshd.addr())).unwrap();
+    let reporter = Recorder::default();
+    let err = f
+        .run(&[ansible("ping.yml", python)], &BTreeMap::new(), &reporter)
+        .await
+        .unwrap_err();
+    let lines = reporter.lines("ansible").join("\n");
+    assert!(
+        matches!(
+            &err,
+            ProvisionError::Step {
+                source: StepError::AnsibleFailed { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        lines.contains("HOST IDENTIFICATION HAS CHANGED")
+            || lines.contains("Host key verification failed"),
+        "{lines}"
     );
 }
 

@@ -117,6 +117,22 @@ if [ -d /etc/NetworkManager/system-connections ]; then
   stale="$(find /etc/NetworkManager/system-connections -name '*.nmconnection' ! -newer "$release" -exec grep -l '^uuid=' {} + 2>/dev/null)"
   [ -z "$stale" ] && ok || fail "NetworkManager connections from the build keep their uuid: $stale"
 fi
+# NetworkManager's per-host secret (stable IPv6 addresses derive from it) and DHCP leases are
+# made at first boot, never kept from the build (issue #16.8).
+if [ -s "$release" ] && [ -d /var/lib/NetworkManager ]; then
+  stale="$(find /var/lib/NetworkManager -maxdepth 1 \( -name secret_key -o -name '*.lease' \) ! -newer "$release" 2>/dev/null)"
+  [ -z "$stale" ] && ok || fail "NetworkManager state from the build remains: $stale"
+fi
+# No log of the build survives: its SSH logins (journal, auth.log/secure, audit, wtmp).
+bu="${KIB_BUILD_USER:-kib-build}"
+journalctl -q --no-pager 2>/dev/null | grep -qF "for $bu from" && fail "the journal holds the build's SSH logins" || ok
+for f in /var/log/auth.log /var/log/secure; do
+  [ -f "$f" ] && grep -qF "for $bu from" "$f" && fail "$f holds the build's SSH logins" || ok
+done
+[ -f /var/log/audit/audit.log ] && grep -qF "acct=\"$bu\"" /var/log/audit/audit.log && fail "audit.log holds the build user's records" || ok
+if [ -f /var/log/wtmp ] && command -v last >/dev/null; then
+  last -w -f /var/log/wtmp 2>/dev/null | grep -qw -- "$bu" && fail "wtmp holds the build user's logins" || ok
+fi
 
 echo "fixture-check: $pass passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -22,7 +22,7 @@ const AFTER_HELP: &str = "\
 What it does: downloads (once, into the cache) and verifies the base cloud image, boots a
 copy-on-write overlay of it in QEMU (KVM where it can boot a guest, TCG otherwise), seeds
 cloud-init with a throwaway build user and SSH key, runs the provisioners of kib.toml (by
-default the Ansible playbook playbook/site.yml), removes the build user, trims the disk, powers
+default playbook/upgrade.yml, a reboot into the new kernel, then playbook/site.yml), removes the build user, trims the disk, powers
 the VM off over ACPI and exports a standalone compressed qcow2, <name>.qcow2.sha256 and
 build-manifest.json into the output folder.
 
@@ -33,6 +33,8 @@ Examples:
   kib build                                   # Rocky Linux 10 + Kubernetes from kib.toml
   kib build -k 1.37.1 --output-dir out        # another Kubernetes release
   kib build --base-image ./my.qcow2 --base-checksum sha256:<hex> --network isolated
+  kib build --base-image ./my.qcow2 --insecure-skip-checksum   # no checksum, no download
+                                              # (Rocky's CHECKSUM is only for the default image)
   kib build --on-error abort                  # keep the VM for debugging when a step fails
 
 Next: kib conformance out/<name>.qcow2, then kib publish --qcow2 ... --manifest ...";
@@ -85,6 +87,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "MODEL", help_heading = "Build VM")]
     cpu_model: Option<String>,
     /// Guest network: `outbound` (NAT, what a real build needs) or `isolated` (nothing leaves this host).
+    /// With `outbound` the guest can also reach services on this host's 127.0.0.1 through
+    /// 10.0.2.2 (QEMU user networking); use `isolated` if that matters (README, "Network").
     #[arg(long, value_name = "outbound|isolated", help_heading = "Build VM")]
     network: Option<NetworkMode>,
     /// How long to wait for the VM to answer on SSH, e.g. `15m`.

@@ -311,6 +311,56 @@ fn ssh_timeout_names_the_cause_and_cleans_up() {
     assert_no_process_mentions(dir.path());
 }
 
+/// Issue #15.3: a `reboot` provisioner reboots the guest and the next steps run in the new
+/// boot, over a new SSH session with the same (pinned) host key: a marker in /run (tmpfs) is
+/// gone and the boot id changed.
+#[test]
+fn reboot_provisioner_reboots_and_logs_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[[provisioner]]
+type = "shell"
+inline = [
+  "echo kib > /run/kib-reboot-marker",
+  "cat /proc/sys/kernel/random/boot_id > /var/tmp/kib-boot-id-before",
+]
+
+[[provisioner]]
+type = "reboot"
+
+[[provisioner]]
+type = "shell"
+inline = [
+  "test ! -e /run/kib-reboot-marker",
+  "test \"$(cat /proc/sys/kernel/random/boot_id)\" != \"$(cat /var/tmp/kib-boot-id-before)\"",
+  "rm /var/tmp/kib-boot-id-before",
+]
+"#,
+        "20m",
+    );
+    let started = std::time::Instant::now();
+    let out = kib(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "kib build took {:.0}s\n{stderr}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("back up (boot id"), "{stderr}");
+    assert_out_dir_holds(
+        &dir.path().join("out"),
+        &[
+            "node.qcow2",
+            "node.qcow2.sha256",
+            "build-manifest.json",
+            "collected",
+        ],
+    );
+    assert_no_process_mentions(dir.path());
+}
+
 #[test]
 fn failing_playbook_names_the_step_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -383,6 +433,74 @@ fn sigint_mid_provision_stops_everything() {
     assert_eq!(status.code(), Some(2), "{seen}{rest}");
     assert!(rest.contains("interrupted"), "{seen}{rest}");
     assert_out_dir_holds(&dir.path().join("out"), &[]);
+    assert_no_process_mentions(dir.path());
+}
+
+/// Issue #16.6: SIGKILL of `kib build` mid-boot takes QEMU with it (setpriv --pdeathsig), and
+/// the next build in the same output folder removes the work folder the killed one left.
+#[test]
+fn sigkill_mid_boot_takes_qemu_along_and_the_next_run_removes_the_work_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[[provisioner]]\ntype = \"shell\"\ninline = [\"true\"]\n",
+        "10s",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kib"))
+        .args(["build", "--config"])
+        .arg(&config)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("KIB_NO_PROGRESS", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("VM started") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen.contains("VM started"), "the VM never started:\n{seen}");
+    child.kill().unwrap(); // SIGKILL: no clean-up code of kib runs
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = Command::new("pgrep")
+            .arg("-f")
+            .arg(dir.path().to_str().unwrap())
+            .output()
+            .unwrap();
+        if out.stdout.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU outlived the SIGKILLed kib: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out_dir = dir.path().join("out");
+    let left: Vec<_> = fs_err::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().any(|n| n.starts_with(".kib-build-")),
+        "SIGKILL leaves the work folder (nothing can remove it then): {left:?}"
+    );
+    // The next run (it fails on its 10 s SSH timeout) removes it first.
+    let out = kib(&config, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("that was killed"), "{stderr}");
+    assert_out_dir_holds(&out_dir, &[]);
     assert_no_process_mentions(dir.path());
 }
 

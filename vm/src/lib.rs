@@ -376,6 +376,23 @@ impl<V: Vm + ?Sized> Vm for Box<V> {
     }
 }
 
+/// Environment variables holding kib's own secrets (the signing key's password, registry
+/// credentials). No child kib spawns — QEMU, ansible, ssh, qemu-img — needs them, so they are
+/// removed from each child's environment ([`scrub_secrets`], issue #16.10).
+pub const SECRET_ENV: &[&str] = &[
+    "COSIGN_PASSWORD",
+    "KIB_REGISTRY_PASSWORD",
+    "KIB_REGISTRY_USERNAME",
+];
+
+/// Removes [`SECRET_ENV`] from a child's environment.
+pub fn scrub_secrets(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for name in SECRET_ENV {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// An error and its sources on one line, `: `-separated (what anyhow's `{:#}` prints): the one
 /// formatter the libraries use where a cause goes into a message or a report.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
@@ -569,5 +586,28 @@ mod object_safety_tests {
             .await
             .expect("powers off");
         vm.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod secret_env_tests {
+    use super::*;
+
+    /// A child started through [`scrub_secrets`] (as QEMU and ansible are) sees none of
+    /// [`SECRET_ENV`], even when kib's own environment holds them (set here on the command,
+    /// which a child inherits the same way).
+    #[tokio::test]
+    async fn children_get_none_of_kibs_secrets() {
+        let mut cmd = tokio::process::Command::new("env");
+        for name in SECRET_ENV {
+            cmd.env(name, "s3cret");
+        }
+        cmd.env("KIB_NOT_SECRET", "kept");
+        let out = scrub_secrets(&mut cmd).output().await.unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.contains("KIB_NOT_SECRET=kept"), "{env}");
+        for name in SECRET_ENV {
+            assert!(!env.contains(&format!("{name}=")), "{name} leaked:\n{env}");
+        }
     }
 }

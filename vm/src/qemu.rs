@@ -336,7 +336,8 @@ impl QemuRunner {
             let args = qemu_args(&spec, &plan);
             tracing::debug!(vm = %name, qemu = %self.qemu.display(), ?args, "starting QEMU");
             let stderr = fs_err::File::create(&stderr_log).map_err(prep(&stderr_log))?;
-            let child = Command::new(&self.qemu)
+            let mut cmd = parent_death_command(&self.qemu);
+            let child = crate::scrub_secrets(&mut cmd)
                 .args(&args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -660,6 +661,41 @@ impl Drop for QemuVm {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Where util-linux's `setpriv` is looked for.
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+/// A command that runs `program` so that it gets SIGKILL when kib dies, however it dies
+/// (SIGKILL, OOM, a closed terminal; issue #16.6): through `setpriv --pdeathsig KILL`
+/// (util-linux; it sets PR_SET_PDEATHSIG and execs, so the pid stays QEMU's). `unsafe` is
+/// denied in this workspace, which rules out calling prctl in a pre_exec hook. Without
+/// setpriv, `program` is started directly (Ctrl-C and SIGTERM still stop it).
+///
+/// The death signal follows the thread that spawned the child: kib spawns QEMU from a tokio
+/// worker (or the main) thread, which lives as long as the runtime.
+pub fn parent_death_command(program: &Path) -> Command {
+    // Only for a program that exists, so that a missing QEMU stays a spawn error (with its
+    // hint) instead of setpriv's exit status.
+    if Path::new(SETPRIV).is_file() && find_program(program).is_some() {
+        let mut cmd = Command::new(SETPRIV);
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// `program` itself when it has a `/`, else its first match on `PATH`.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]

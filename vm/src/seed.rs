@@ -360,7 +360,44 @@ fn random_uuid() -> String {
 /// partition and filesystem. `users:` does not include `default`, so the image's default cloud
 /// user (e.g. `rocky`) is not created.
 pub fn build_user_data(user: &str, ssh_public_key: &str) -> String {
-    let doc = serde_json::json!({
+    render_cloud_config(&build_user_doc(user, ssh_public_key))
+}
+
+/// [`build_user_data`] plus the guest's SSH host key, generated on the host: cloud-init's
+/// `cc_ssh` installs `ssh_keys.ed25519_private`/`ed25519_public` as
+/// `/etc/ssh/ssh_host_ed25519_key{,.pub}` after deleting the image's keys
+/// (`ssh_deletekeys: true`) and generates no other type (`ssh_genkeytypes: []`), so sshd
+/// offers exactly the key the host pins (issue #16.7; cloud-init docs, module `cc_ssh`:
+/// "ssh_keys", "ssh_deletekeys", "ssh_genkeytypes").
+pub fn build_user_data_with_host_key(
+    user: &str,
+    ssh_public_key: &str,
+    host_private_openssh: &str,
+    host_public_openssh: &str,
+) -> String {
+    let mut doc = build_user_doc(user, ssh_public_key);
+    if let Some(map) = doc.as_object_mut() {
+        map.insert(
+            "ssh_keys".to_owned(),
+            serde_json::json!({
+                "ed25519_private": host_private_openssh,
+                "ed25519_public": host_public_openssh.trim(),
+            }),
+        );
+        map.insert("ssh_deletekeys".to_owned(), serde_json::json!(true));
+        map.insert("ssh_genkeytypes".to_owned(), serde_json::json!([]));
+    }
+    render_cloud_config(&doc)
+}
+
+fn render_cloud_config(doc: &serde_json::Value) -> String {
+    // JSON is a subset of YAML 1.2, which cloud-init's YAML loader accepts; it also quotes
+    // every string, so no key material can be misread as YAML syntax.
+    format!("#cloud-config\n{doc:#}\n")
+}
+
+fn build_user_doc(user: &str, ssh_public_key: &str) -> serde_json::Value {
+    serde_json::json!({
         "users": [{
             "name": user,
             "sudo": "ALL=(ALL) NOPASSWD:ALL",
@@ -372,15 +409,34 @@ pub fn build_user_data(user: &str, ssh_public_key: &str) -> String {
         "disable_root": true,
         "growpart": {"mode": "auto", "devices": ["/"]},
         "resize_rootfs": true,
-    });
-    // JSON is a subset of YAML 1.2, which cloud-init's YAML loader accepts; it also quotes
-    // every string, so no key material can be misread as YAML syntax.
-    format!("#cloud-config\n{doc:#}\n")
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_data_with_host_key_installs_only_that_key() {
+        let ud = build_user_data_with_host_key(
+            "kib",
+            "ssh-ed25519 AAAA user",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n",
+            "ssh-ed25519 BBBB host\n",
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(ud.strip_prefix("#cloud-config\n").unwrap()).unwrap();
+        assert_eq!(doc["ssh_keys"]["ed25519_public"], "ssh-ed25519 BBBB host");
+        assert!(
+            doc["ssh_keys"]["ed25519_private"]
+                .as_str()
+                .unwrap()
+                .contains("BEGIN OPENSSH PRIVATE KEY")
+        );
+        assert_eq!(doc["ssh_deletekeys"], true);
+        assert_eq!(doc["ssh_genkeytypes"], serde_json::json!([]));
+        assert_eq!(doc["users"][0]["name"], "kib");
+    }
     use std::io::Read;
 
     fn read_back(image: Vec<u8>) -> (String, Option<String>, Vec<(String, String)>) {

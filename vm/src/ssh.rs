@@ -113,6 +113,22 @@ impl KeyPair {
         Ok(path)
     }
 
+    /// The private key in OpenSSH PEM form: for handing the key to the guest as its SSH host
+    /// key through cloud-init (`ssh_keys: ed25519_private`), so that the host knows the key
+    /// before the first connection and nothing is trusted on first use (issue #16.7).
+    pub fn private_openssh(&self) -> Result<String, SshError> {
+        self.private
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map(|pem| pem.as_str().to_owned())
+            .map_err(|source| SshError::EncodeKey { source })
+    }
+
+    /// The public half as a [`HostKey`] to pin ([`SshOptions::pinned_host_key`]), for a key
+    /// generated as a guest's host key.
+    pub fn as_host_key(&self) -> HostKey {
+        HostKey(self.private.public_key().clone())
+    }
+
     fn auth_key(&self) -> PrivateKeyWithHashAlg {
         PrivateKeyWithHashAlg::new(Arc::clone(&self.private), None)
     }
@@ -140,6 +156,23 @@ impl HostKey {
     /// The key in OpenSSH form (`ssh-ed25519 AAAA…`), e.g. for a `known_hosts` line.
     pub fn to_openssh(&self) -> String {
         self.0.to_openssh().unwrap_or_default()
+    }
+
+    /// A `known_hosts` line for `addr` (`[127.0.0.1]:2222 ssh-ed25519 AAAA…`, the form OpenSSH
+    /// uses for a non-default port), without the key's comment.
+    pub fn known_hosts_line(&self, addr: SocketAddr) -> String {
+        let key = self.to_openssh();
+        let mut parts = key.split_whitespace();
+        let (alg, data) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        let host = if addr.port() == 22 {
+            addr.ip().to_string()
+        } else {
+            format!("[{}]:{}", addr.ip(), addr.port())
+        };
+        format!("{host} {alg} {data}\n")
     }
 
     fn matches(&self, other: &PublicKey) -> bool {
