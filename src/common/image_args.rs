@@ -125,7 +125,16 @@ mod tests {
 
     fn resolve(dir: &Path, extra: &[&str]) -> anyhow::Result<ResolvedImage> {
         let qcow2 = dir.join("node.qcow2");
-        fs_err::write(&qcow2, "not read here").unwrap();
+        if !qcow2.exists() {
+            // A real (empty) qcow2: every image kib wraps is checked from its bytes (issue #16).
+            let out = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&qcow2)
+                .arg("1M")
+                .output()
+                .expect("qemu-img (qemu-utils) is needed");
+            assert!(out.status.success(), "{out:?}");
+        }
         let mut args = vec!["kib".to_owned(), "--qcow2".to_owned()];
         args.push(qcow2.display().to_string());
         args.push("--git-dir".to_owned());
@@ -149,7 +158,11 @@ mod tests {
             ),
             (None, None, None)
         );
-        fs_err::write(dir.path().join(MANIFEST_FILE), manifest_json().to_string()).unwrap();
+        // The manifest must describe this very qcow2 (its sha256), or publish refuses it.
+        let mut manifest = manifest_json();
+        let (sum, _) = kib_manifest::sha256_file(&dir.path().join("node.qcow2")).unwrap();
+        manifest["output"]["sha256"] = serde_json::json!(sum.to_string());
+        fs_err::write(dir.path().join(MANIFEST_FILE), manifest.to_string()).unwrap();
         let m = resolve(dir.path(), &[]).unwrap().metadata;
         assert_eq!(m.kubernetes_version.as_deref(), Some("v1.37.1"));
         assert_eq!(m.rocky_version.as_deref(), Some("10.1"));
