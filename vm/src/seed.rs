@@ -533,9 +533,9 @@ mod tests {
     fn blkid_reads_the_label() {
         // util-linux's blkid is what cloud-init's ds-identify uses to find the seed.
         let dir = tempfile::tempdir().unwrap();
-        for seed in [
-            Seed::from(NoCloud::new("i", "h", "#cloud-config\n")),
-            Seed::from(ConfigDrive::new("h", "#cloud-config\n")),
+        for (seed, fs) in [
+            (Seed::from(NoCloud::new("i", "h", "#cloud-config\n")), "vfat"),
+            (Seed::from(ConfigDrive::new("h", "#cloud-config\n")), "iso9660"),
         ] {
             let path = dir.path().join("seed.img");
             seed.write_image(&path).unwrap();
@@ -546,7 +546,7 @@ mod tests {
                 .expect("blkid (util-linux) must be installed");
             let out = String::from_utf8_lossy(&out.stdout);
             assert!(out.contains(&format!("LABEL={}\n", seed.label())), "{out}");
-            assert!(out.contains("TYPE=vfat"), "{out}");
+            assert!(out.contains(&format!("TYPE={fs}\n")), "{out}");
         }
     }
 
