@@ -1,6 +1,7 @@
 //! CLI tests
 #![allow(clippy::print_stderr, clippy::print_stdout)] // tests report timings and logs
 
+mod attest;
 mod build;
 mod cluster;
 mod common;
