@@ -399,6 +399,23 @@ async fn node_ready_is_opt_in() {
 }
 
 #[tokio::test]
+async fn node_ready_fails_when_the_cni_manifest_does_not_apply() {
+    let manifest = tempfile::NamedTempFile::new().unwrap();
+    fs_err::write(manifest.path(), "kind: NotAKind\n").unwrap();
+    let g = ScriptedGuest::new().answer(
+        "kubectl --kubeconfig /etc/kubernetes/admin.conf apply",
+        1,
+        "",
+        "error: resource mapping not found for kind \"NotAKind\"",
+    );
+    let mut ctx = context(g, Expect::Kubernetes);
+    ctx.expected = Some(k8s_manifest());
+    ctx.cni_manifest = Some(manifest.path().to_owned());
+    let r = outcome(&NodeReady, &ctx).await;
+    assert_fail(&r, "resource mapping not found");
+}
+
+#[tokio::test]
 async fn a_generic_image_lists_the_kubernetes_checks_as_not_applicable() {
     for check in [&Versions as &dyn Check, &Images, &Bootstrap, &NodeReady] {
         let r = outcome(check, &context(ScriptedGuest::new(), Expect::Generic)).await;
