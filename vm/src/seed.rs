@@ -97,7 +97,7 @@ impl NoCloud {
 pub struct ConfigDrive {
     /// The instance uuid (`meta_data.json` `uuid`; cloud-init's instance id).
     pub uuid: String,
-    /// The hostname (`meta_data.json` `hostname` and `name`).
+    /// The hostname (`meta_data.json` `hostname`, and `instance_id` `<hostname>.kib`).
     pub hostname: String,
     /// The `openstack/latest/user_data` file.
     pub user_data: String,
@@ -113,12 +113,16 @@ impl ConfigDrive {
         }
     }
 
-    /// The contents of `openstack/latest/meta_data.json`.
+    /// The contents of `openstack/latest/meta_data.json`: the keys virt-launcher writes
+    /// (kubevirt `pkg/cloud-init/cloud-init.go`, `ConfigDriveMetadata` and
+    /// `readCloudInitConfigDriveMetaData`): `instance_id` is `<name>.<namespace>`, `uuid` the
+    /// VMI's firmware uuid, `hostname` the sanitized VMI hostname. kib's VMs have no namespace;
+    /// `kib` stands in for it.
     pub fn meta_data_json(&self) -> String {
         serde_json::json!({
-            "uuid": self.uuid,
+            "instance_id": format!("{}.kib", self.hostname),
             "hostname": self.hostname,
-            "name": self.hostname,
+            "uuid": self.uuid,
         })
         .to_string()
     }
@@ -606,5 +610,8 @@ mod tests {
         let meta: serde_json::Value =
             serde_json::from_str(&read("/openstack/latest/meta_data.json")).unwrap();
         assert_eq!(meta["hostname"], "kib-iso");
+        // virt-launcher's keys: `<name>.<namespace>` and the firmware uuid.
+        assert_eq!(meta["instance_id"], "kib-iso.kib");
+        assert_eq!(meta["uuid"].as_str().map(str::len), Some(36));
     }
 }
