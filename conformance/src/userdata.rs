@@ -11,6 +11,13 @@
 //! - `users` holds the `capk` user CAPK injects (passwordless sudo, groups `users, admin`, the
 //!   test's key plus any `--authorized-key`).
 //!
+//! Upstream facts (kubernetes-sigs/cluster-api-provider-kubevirt at 0eadfed, 2026-08-19):
+//! `pkg/kubevirt/utils.go` `buildVirtualMachineInstanceTemplate` adds one
+//! `CloudInitConfigDrive` volume (`UserDataSecretRef` `<bootstrap secret>-userdata`) on a
+//! virtio disk; `pkg/kubevirt/machine.go` `IsBootstrappedWithSSH` runs
+//! `cat /run/cluster-api/bootstrap-success.complete` and wants exactly `success`;
+//! `pkg/ssh/ssh_command_executor.go` logs in as `capk`.
+//!
 //! Nothing is softened: on an image that claims to be a Kubernetes node but has no `kubeadm`,
 //! the runcmd fails as it would in a cluster (cloud-init reports the error, no sentinel). An
 //! image that claims to be generic gets the same user data without the kubeadm commands
