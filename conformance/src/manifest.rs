@@ -65,11 +65,12 @@ impl Expect {
 pub const DEFAULT_CNI: &str = "calico";
 
 /// The overlay ports a CNI needs open between nodes (the playbook's `roles/firewall`):
-/// calico VXLAN 4789/udp; flannel VXLAN 8472/udp; cilium VXLAN 8472/udp, health 4240/tcp,
+/// calico VXLAN 4789/udp and 6789/udp (the `FELIX_VXLANPORT` of the Cluster API book's KubeVirt
+/// quick start, which the cluster profile applies); flannel VXLAN 8472/udp; cilium VXLAN 8472/udp, health 4240/tcp,
 /// Geneve 6081/udp. `None` for a CNI kib does not know.
 pub fn overlay_ports(cni: &str) -> Option<&'static [(u16, &'static str)]> {
     match cni {
-        "calico" => Some(&[(4789, "udp")]),
+        "calico" => Some(&[(4789, "udp"), (6789, "udp")]),
         "flannel" => Some(&[(8472, "udp")]),
         "cilium" => Some(&[(8472, "udp"), (4240, "tcp"), (6081, "udp")]),
         _ => None,

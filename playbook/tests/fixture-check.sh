@@ -78,6 +78,7 @@ if [ -n "$rules" ] && echo "$rules" | grep -q 'policy drop'; then
   ok
   for p in 22 6443 10250 179 5473; do echo "$rules" | grep -Eq "(^|[[:space:]{,])$p([[:space:]},]|$)" && ok || fail "TCP $p is not in the kib_filter sets"; done
   echo "$rules" | grep -q 4789 && ok || fail "UDP 4789 is not in the kib_filter sets"
+  echo "$rules" | grep -q 6789 && ok || fail "UDP 6789 (the CAPI book's KubeVirt Calico VXLAN port) is not in the kib_filter sets"
 else
   fail "table inet kib_filter with an input policy drop is not loaded: $rules"
 fi

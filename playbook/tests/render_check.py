@@ -104,7 +104,7 @@ def repo(path: Path) -> None:
 
 # The overlay ports each CNI needs open (roles/firewall/defaults/main.yml cites the upstream docs).
 CNI_PORTS = {
-    "calico": {"tcp": {"179", "5473"}, "udp": {"4789", "51820-51821"}, "protocols": {"4"}},
+    "calico": {"tcp": {"179", "5473"}, "udp": {"4789", "6789", "51820-51821"}, "protocols": {"4"}},
     "flannel": {"tcp": set(), "udp": {"8472"}, "protocols": set()},
     "cilium": {"tcp": {"4240", "4244"}, "udp": {"8472", "6081", "51871"}, "protocols": set()},
 }
