@@ -17,6 +17,7 @@
 //! | `-t 127.0.0.1/22022:22` forwards a host port bound to an address to a guest port; `-u none` forwards no UDP | passt(1), "-t, --tcp-ports spec" |
 //! | `-f`: stay in the foreground (no fork, the pid stays ours) | passt(1) |
 //! | with `--no-map-gw`, a loopback resolver in `/etc/resolv.conf` (systemd-resolved's 127.0.0.53) is not handed to the guest | passt `conf.c`, `get_dns()`: "We can only access local addresses via the gw redirect" |
+//! | `-D, --dns addr`: "Use addr … for DHCP, DHCPv6, NDP or DNS forwarding … instead of reading addresses from /etc/resolv.conf"; kib passes systemd-resolved's upstreams (`/run/systemd/resolve/resolv.conf`) when `/etc/resolv.conf` names only loopback resolvers | passt(1) |
 //! | `-netdev stream,id=…,server=off,addr.type=fd,addr.str=FD`: a stream netdev over an inherited, connected socket (QEMU ≥ 7.2) | QEMU `qemu-options.hx` (`-netdev stream`), `net/stream.c` |
 //!
 //! kib creates a socket pair, hands one end to passt (`-F`) and the other to QEMU
@@ -27,7 +28,7 @@
 //! switches to `nobody`).
 
 use std::ffi::{OsStr, OsString};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
@@ -272,19 +273,54 @@ pub fn qemu_args(spec: &VmSpec, plan: &LaunchPlan) -> Vec<OsString> {
 }
 
 /// The passt command line (without the binary) for a VM whose QEMU holds the other end of
-/// `fd`, with `forwards` as (guest port, host port) pairs. See the module docs for the sources.
-pub fn passt_args(fd: RawFd, forwards: &[(u16, u16)]) -> Vec<OsString> {
+/// `fd`, with `forwards` as (guest port, host port) pairs and `dns` as the resolvers to hand
+/// the guest (empty: passt reads `/etc/resolv.conf`). See the module docs for the sources.
+pub fn passt_args(fd: RawFd, forwards: &[(u16, u16)], dns: &[IpAddr]) -> Vec<OsString> {
     let mut a: Vec<OsString> = ["-f", "-q", "-F"].iter().map(OsString::from).collect();
     a.push(fd.to_string().into());
     for (guest, host) in forwards {
         a.push("-t".into());
         a.push(format!("127.0.0.1/{host}:{guest}").into());
     }
+    for ip in dns {
+        a.push("-D".into());
+        a.push(ip.to_string().into());
+    }
     // The gateway address is the real gateway, never the host's loopback (issue #16.11).
     for s in ["-u", "none", "--no-map-gw"] {
         a.push(s.into());
     }
     a
+}
+
+/// systemd-resolved's list of the upstream resolvers behind its 127.0.0.53 stub.
+const RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The resolvers to give passt with `-D`: none when `/etc/resolv.conf` names a resolver off
+/// the loopback (passt reads it itself); otherwise (systemd-resolved's 127.0.0.53, which passt
+/// drops under `--no-map-gw`) the non-loopback ones of `upstream`
+/// (`/run/systemd/resolve/resolv.conf`), if any.
+fn dns_servers(etc_resolv_conf: &str, upstream: Option<&str>) -> Vec<IpAddr> {
+    fn nameservers(text: &str) -> Vec<IpAddr> {
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver"))
+                    .then(|| w.next()?.split('%').next()?.parse().ok())
+                    .flatten()
+            })
+            // Loopback resolvers are what passt drops; a link-local one needs its zone, which
+            // `-D` cannot carry.
+            .filter(|ip: &IpAddr| match ip {
+                IpAddr::V4(v4) => !v4.is_loopback(),
+                IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+            })
+            .collect()
+    }
+    if !nameservers(etc_resolv_conf).is_empty() {
+        return Vec::new();
+    }
+    upstream.map(nameservers).unwrap_or_default()
 }
 
 /// The `127.0.0.1` TCP ports something listens on, from `/proc/net/tcp`.
@@ -544,7 +580,11 @@ impl QemuRunner {
         };
         let (qemu_end, passt_end) = UnixStream::pair().map_err(spawn_err)?;
         inheritable(&passt_end).map_err(spawn_err)?;
-        let args = passt_args(passt_end.as_raw_fd(), forwards);
+        let dns = dns_servers(
+            &fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            fs_err::read_to_string(RESOLVED_UPSTREAM).ok().as_deref(),
+        );
+        let args = passt_args(passt_end.as_raw_fd(), forwards, &dns);
         tracing::debug!(vm = %name, passt = %self.passt.display(), ?args, "starting passt");
         let stderr = fs_err::File::create(log).map_err(|source| VmError::Prepare {
             name: name.to_owned(),
@@ -1068,11 +1108,29 @@ mod tests {
 
     #[test]
     fn passt_argv_forwards_loopback_ports_and_never_maps_the_gateway() {
-        let args = passt_args(5, &[(22, 40022), (6443, 40443)]);
+        let args = passt_args(5, &[(22, 40022), (6443, 40443)], &[]);
         assert_eq!(
             joined(&args),
             "-f -q -F 5 -t 127.0.0.1/40022:22 -t 127.0.0.1/40443:6443 -u none --no-map-gw"
         );
+        let args = passt_args(5, &[(22, 40022)], &["192.0.2.53".parse().unwrap()]);
+        assert_eq!(
+            joined(&args),
+            "-f -q -F 5 -t 127.0.0.1/40022:22 -D 192.0.2.53 -u none --no-map-gw"
+        );
+    }
+
+    #[test]
+    fn a_loopback_only_resolv_conf_hands_passt_systemd_resolveds_upstreams() {
+        let stub = "# systemd-resolved stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\n";
+        let upstream = "nameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver 127.0.0.1\n";
+        assert_eq!(
+            dns_servers(stub, Some(upstream)),
+            ["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
+        assert!(dns_servers(stub, None).is_empty());
+        // A real resolver in /etc/resolv.conf: passt reads it itself.
+        assert!(dns_servers("nameserver 10.255.255.53\n", Some(upstream)).is_empty());
     }
 
     #[test]
