@@ -41,7 +41,8 @@ apt-get update -q
 # QEMU and its firmware from one suite (backports on bookworm: seabios must match too).
 apt-get install -y -q --no-install-recommends "${apt_target[@]}" \
   qemu-system-x86 qemu-utils seabios ipxe-qemu ovmf
-pkgs=(openssh-client python3 python3-pip python3-venv ca-certificates git)
+# passt: the build VM's outbound network without a path to the host's loopback (issue #16.11)
+pkgs=(openssh-client python3 python3-pip python3-venv ca-certificates git passt)
 if [ "$test_tools" = 1 ]; then
   pkgs+=(
     # the fixture base image (tests/fixtures/base-image.sh)

@@ -15,7 +15,7 @@
 //! memory_mib = 4096
 //! disk_size = "20G"         # K, M, G, T (powers of 1024), as qemu-img reads them
 //! accel = "auto"            # auto | kvm | tcg
-//! network = "outbound"      # outbound | isolated (QEMU user net with restrict=on)
+//! network = "outbound"      # outbound (passt) | outbound-host | isolated
 //! boot_timeout = "15m"
 //! shutdown_timeout = "5m"
 //! ssh_user = "kib-build"
@@ -263,10 +263,15 @@ macro_rules! choice_enum {
 
 choice_enum!(
     /// The build VM's network.
-    NetworkMode, "`outbound`, `isolated`", {
-    /// QEMU user networking with outbound access (package downloads): what real builds need.
+    NetworkMode, "`outbound`, `outbound-host`, `isolated`", {
+    /// Outbound access (package downloads) through passt, with no path to the host's loopback
+    /// (issue #16.11): what real builds need.
     #[default]
     Outbound => "outbound",
+    /// Outbound access through QEMU user networking, which also lets the guest reach the
+    /// host's 127.0.0.1 through 10.0.2.2: for a proxy or mirror on the host's loopback.
+    #[serde(rename = "outbound-host")]
+    OutboundHost => "outbound-host",
     /// QEMU user networking with `restrict=on`: nothing leaves the host (port forwards work).
     Isolated => "isolated",
 });
@@ -275,6 +280,7 @@ impl From<NetworkMode> for kib_vm::Network {
     fn from(mode: NetworkMode) -> Self {
         match mode {
             NetworkMode::Outbound => kib_vm::Network::Outbound,
+            NetworkMode::OutboundHost => kib_vm::Network::OutboundHost,
             NetworkMode::Isolated => kib_vm::Network::Isolated,
         }
     }
@@ -524,7 +530,7 @@ pub struct Overrides {
     pub accel: Option<AccelRequest>,
     /// `--cpu-model MODEL`.
     pub cpu_model: Option<String>,
-    /// `--network outbound|isolated`.
+    /// `--network outbound|outbound-host|isolated`.
     pub network: Option<NetworkMode>,
     /// `--boot-timeout 15m` (parsed by [`parse_duration`]).
     pub boot_timeout: Option<Duration>,
@@ -1044,6 +1050,30 @@ mod tests {
     fn repo_kib_toml_equals_defaults() {
         let text = include_str!("../../kib.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
+    }
+
+    /// Issue #16.11: `outbound` (the default) is passt without the host's loopback;
+    /// `outbound-host` is the documented switch back to QEMU user networking.
+    #[test]
+    fn network_modes_and_the_outbound_host_switch() {
+        assert_eq!(Config::default().vm.network, NetworkMode::Outbound);
+        assert_eq!(
+            kib_vm::Network::from(NetworkMode::Outbound),
+            kib_vm::Network::Outbound
+        );
+        let c = parse("[vm]\nnetwork = \"outbound-host\"\n").unwrap();
+        assert_eq!(c.vm.network, NetworkMode::OutboundHost);
+        assert_eq!(
+            kib_vm::Network::from(c.vm.network),
+            kib_vm::Network::OutboundHost
+        );
+        assert_eq!(
+            "Outbound-Host".parse::<NetworkMode>().unwrap(),
+            NetworkMode::OutboundHost
+        );
+        assert_eq!(NetworkMode::OutboundHost.to_string(), "outbound-host");
+        let err = "host".parse::<NetworkMode>().unwrap_err().to_string();
+        assert!(err.contains("`outbound-host`"), "{err}");
     }
 
     #[test]

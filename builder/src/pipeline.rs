@@ -357,10 +357,7 @@ impl<R: Runner> Pipeline<'_, R> {
                 source,
             }
         })?;
-        let options = SshOptions {
-            pinned_host_key: Some(host_key.clone()),
-            ..SshOptions::default()
-        };
+        let options = ssh_options(cfg.vm.network.into(), Some(host_key.clone()));
         let session = match wait_for_ssh(
             ssh_addr,
             &cfg.vm.ssh_user,
@@ -414,6 +411,7 @@ impl<R: Runner> Pipeline<'_, R> {
             known_hosts: &known_hosts,
             key: &key,
             reboot_timeout: cfg.vm.boot_timeout,
+            ssh_options: &options,
             base_dir: &self.request.config_dir,
             work_dir: self.work,
             collect_dir: &collect_dir,
@@ -663,9 +661,41 @@ fn set_private_dir(dir: &Path) -> std::io::Result<()> {
     fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// The SSH options of a build on `network`: behind passt the client speaks first
+/// ([`kib_vm::Network::client_speaks_first`]).
+fn ssh_options(network: kib_vm::Network, pinned: Option<kib_vm::ssh::HostKey>) -> SshOptions {
+    let default = SshOptions::default();
+    SshOptions {
+        pinned_host_key: pinned,
+        banner_timeout: if network.client_speaks_first() {
+            std::time::Duration::ZERO
+        } else {
+            default.banner_timeout
+        },
+        ..default
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Behind passt (`outbound`) the SSH client speaks first, for the first login and (through
+    /// `ProvisionContext::ssh_options`) after a reboot; slirp keeps the banner wait.
+    #[test]
+    fn ssh_options_skip_the_banner_wait_behind_passt_only() {
+        use std::time::Duration;
+        assert_eq!(
+            ssh_options(kib_vm::Network::Outbound, None).banner_timeout,
+            Duration::ZERO
+        );
+        for n in [kib_vm::Network::OutboundHost, kib_vm::Network::Isolated] {
+            assert_eq!(
+                ssh_options(n, None).banner_timeout,
+                SshOptions::default().banner_timeout
+            );
+        }
+    }
     use std::process::Command;
 
     /// Runs [`finish_script`] with `sh` and nothing but stand-in commands on `PATH` (each

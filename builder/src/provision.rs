@@ -142,6 +142,9 @@ pub struct ProvisionContext<'a> {
     pub key: &'a KeyPair,
     /// How long a reboot may take until SSH answers again.
     pub reboot_timeout: Duration,
+    /// The SSH options of the first login (timeouts; the banner wait, off behind passt), for
+    /// logging in again after a reboot.
+    pub ssh_options: &'a SshOptions,
     /// The folder of `kib.toml`: relative playbook and source paths resolve against it.
     pub base_dir: &'a Path,
     /// A private temporary folder for the generated inventory and variable files.
@@ -764,7 +767,7 @@ async fn run_reboot(ctx: &ProvisionContext<'_>, session: &mut Session) -> Result
     }
     ctx.reporter
         .on_output_line("reboot", "rebooting, waiting for SSH");
-    let opts = session.pinned_options(&SshOptions::default());
+    let opts = session.pinned_options(ctx.ssh_options);
     let deadline = Instant::now() + ctx.reboot_timeout;
     let mut last: Option<Box<SshError>> = None;
     loop {

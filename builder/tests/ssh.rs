@@ -638,6 +638,7 @@ impl Fixture {
             known_hosts: &self.known_hosts,
             key: &self.key,
             reboot_timeout: std::time::Duration::from_secs(60),
+            ssh_options: &SshOptions::default(),
             base_dir: self.base.path(),
             work_dir: self.work.path(),
             collect_dir: self.collect.path(),

@@ -86,10 +86,15 @@ pub(crate) struct Args {
     /// QEMU CPU model. Default: `host` under KVM, `max` under TCG (Rocky 10 needs x86-64-v3).
     #[arg(long, value_name = "MODEL", help_heading = "Build VM")]
     cpu_model: Option<String>,
-    /// Guest network: `outbound` (NAT, what a real build needs) or `isolated` (nothing leaves this host).
-    /// With `outbound` the guest can also reach services on this host's 127.0.0.1 through
-    /// 10.0.2.2 (QEMU user networking); use `isolated` if that matters (README, "Network").
-    #[arg(long, value_name = "outbound|isolated", help_heading = "Build VM")]
+    /// Guest network: `outbound` (NAT through passt, what a real build needs; no path to this
+    /// host's 127.0.0.1), `outbound-host` (QEMU user networking: NAT, and this host's 127.0.0.1
+    /// as 10.0.2.2, for a proxy or mirror there) or `isolated` (nothing leaves this host).
+    /// See README, "Network".
+    #[arg(
+        long,
+        value_name = "outbound|outbound-host|isolated",
+        help_heading = "Build VM"
+    )]
     network: Option<NetworkMode>,
     /// How long to wait for the VM to answer on SSH, e.g. `15m`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, help_heading = "Build VM")]

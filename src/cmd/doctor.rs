@@ -10,8 +10,9 @@ use crate::error_render::Failure;
 /// Check that this host can run `kib build`.
 ///
 /// Looks for QEMU (`qemu-system-x86_64`, `qemu-img` with zstd support), hardware acceleration
-/// (`/dev/kvm`, and whether a stock guest kernel can boot on it), `ansible-playbook` and
-/// `python3`, and OVMF for `--firmware uefi`. Exits 1 when something required is missing.
+/// (`/dev/kvm`, and whether a stock guest kernel can boot on it), `ansible-playbook`,
+/// `python3`, passt for `--network outbound`, and OVMF for `--firmware uefi`. Exits 1 when
+/// something required is missing.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Write the results as `text` (a table) or `json`.
@@ -161,6 +162,14 @@ impl Args {
                 "--version",
                 true,
                 "sudo apt-get install python3",
+            ),
+            // `--network outbound` (the default) runs the guest's network through passt.
+            tool(
+                "passt",
+                kib_vm::qemu::PASST,
+                "--version",
+                true,
+                "sudo apt-get install passt   # or build with `--network outbound-host` / `isolated`",
             ),
             ovmf(),
             // `kib conformance` writes the ConfigDrive as ISO 9660 as KubeVirt does

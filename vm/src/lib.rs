@@ -36,13 +36,36 @@ use crate::qmp::{QgaClient, QmpClient, QmpError};
 use crate::seed::{Seed, SeedError};
 
 /// The guest's network.
+///
+/// QEMU's user networking (libslirp) maps its gateway 10.0.2.2 to the host's loopback, and
+/// QEMU has no option for libslirp's `disable_host_loopback`; so outbound access that must not
+/// reach the host's 127.0.0.1 (issue #16.11) goes through passt with `--no-map-gw` instead
+/// (see [`crate::qemu::passt_args`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Network {
     /// User networking with `restrict=on`: nothing leaves the host; port forwards still work.
     #[default]
     Isolated,
-    /// User networking with outbound access (NAT).
+    /// Outbound access (NAT) through passt, with no path to the host's loopback: passt runs
+    /// with `--no-map-gw`, so the gateway address is the real gateway, and 10.0.2.2 means
+    /// nothing special. Needs the `passt` binary.
     Outbound,
+    /// Outbound access through QEMU's user networking (slirp), which also maps 10.0.2.2 to
+    /// the host's 127.0.0.1: for builds that need a proxy or mirror on the host's loopback.
+    OutboundHost,
+}
+
+impl Network {
+    /// Whether an SSH client must speak first on this network's forwarded port (set
+    /// [`ssh::SshOptions::banner_timeout`] to zero). Debian bookworm's passt
+    /// (0.0~git20230309) acknowledges the guest's SYN-ACK of a forwarded connection only once
+    /// the host side sends data (`tcp_conn_from_sock_finish()` in its `tcp.c` sends
+    /// `ACK_IF_NEEDED` right after recording the guest's sequence number as acknowledged), so
+    /// sshd, which waits for the handshake, never sends its banner to a client that waits for
+    /// it. OpenSSH (ansible) and russh send their identification first.
+    pub fn client_speaks_first(self) -> bool {
+        self == Network::Outbound
+    }
 }
 
 /// The guest firmware (`kib.toml`'s `vm.firmware`, `--firmware`, the conformance report).
@@ -201,6 +224,27 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// passt (the outbound network, [`Network::Outbound`]) could not be started.
+    #[error("Failed to start `{binary}` (passt, the outbound network of VM `{name}`)")]
+    PasstSpawn {
+        /// The VM name.
+        name: String,
+        /// The passt binary.
+        binary: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// passt exited before the VM was up (or did not open its port forwards in time).
+    #[error("passt exited early ({status}) for VM `{name}`; its stderr:\n{stderr}")]
+    PasstExited {
+        /// The VM name.
+        name: String,
+        /// The exit status (or why it was stopped).
+        status: String,
+        /// passt's stderr (its end if long).
+        stderr: String,
+    },
     /// QEMU exited before the VM was up.
     #[error("QEMU exited early ({status}) for VM `{name}`; its stderr:\n{stderr}")]
     EarlyExit {
@@ -279,6 +323,14 @@ impl VmError {
                 "install QEMU (`apt-get install qemu-system-x86`, `dnf install qemu-kvm`) or point kib at `{}`",
                 binary.display()
             )),
+            VmError::PasstSpawn { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Some(
+                    "`--network outbound` needs passt: install it (`apt-get install passt`, `dnf install passt`); or build with `--network outbound-host` (QEMU user networking, which also lets the guest reach this host's 127.0.0.1) or `--network isolated`"
+                        .to_owned(),
+                )
+            }
             VmError::GuestAgent { source, .. } => source.hint(),
             VmError::PowerOffForced { .. } => Some(
                 "the guest ignored the ACPI power button: check that it handles it (systemd-logind or acpid) and that it is not stuck at boot (see the serial log)"

@@ -1,13 +1,37 @@
 //! The QEMU implementation of [`Runner`]: `qemu-system-x86_64` on a q35 machine with virtio
-//! devices, user networking with host port forwards, and two QMP monitors (one kept by the
-//! runner for power-off and events, one for callers of [`Vm::qmp`]).
+//! devices, user networking (slirp) or passt with host port forwards, and two QMP monitors (one
+//! kept by the runner for power-off and events, one for callers of [`Vm::qmp`]).
 //!
-//! The command line is built by the pure function [`qemu_args`]. QEMU runs in its own process
-//! group; dropping a [`QemuVm`] kills that group.
+//! The command lines are built by the pure functions [`qemu_args`] and [`passt_args`]. QEMU
+//! runs in its own process group; dropping a [`QemuVm`] kills that group (and passt).
+//!
+//! ## Outbound networking without the host's loopback (issue #16.11)
+//!
+//! libslirp maps the gateway 10.0.2.2 to the host's 127.0.0.1, and QEMU (10.0) exposes no
+//! option for libslirp's `disable_host_loopback`. [`Network::Outbound`] therefore runs passt:
+//!
+//! | what | source |
+//! |---|---|
+//! | `--no-map-gw`: "Don't remap TCP connections and untracked UDP traffic, with the gateway address as destination, to the host" | passt(1), Debian bookworm `passt 0.0~git20230309.7c7625d-1` |
+//! | `-F, --fd FD`: "Pass a pre-opened, connected socket to passt"; implies `--one-off` (quit once the client closes the socket) | passt(1) |
+//! | `-t 127.0.0.1/22022:22` forwards a host port bound to an address to a guest port; `-u none` forwards no UDP | passt(1), "-t, --tcp-ports spec" |
+//! | `-f`: stay in the foreground (no fork, the pid stays ours) | passt(1) |
+//! | with `--no-map-gw`, a loopback resolver in `/etc/resolv.conf` (systemd-resolved's 127.0.0.53) is not handed to the guest | passt `conf.c`, `get_dns()`: "We can only access local addresses via the gw redirect" |
+//! | `-D, --dns addr`: "Use addr … for DHCP, DHCPv6, NDP or DNS forwarding … instead of reading addresses from /etc/resolv.conf"; kib passes systemd-resolved's upstreams (`/run/systemd/resolve/resolv.conf`) when `/etc/resolv.conf` names only loopback resolvers | passt(1) |
+//! | `-netdev stream,id=…,server=off,addr.type=fd,addr.str=FD`: a stream netdev over an inherited, connected socket (QEMU ≥ 7.2) | QEMU `qemu-options.hx` (`-netdev stream`), `net/stream.c` |
+//!
+//! kib creates a socket pair, hands one end to passt (`-F`) and the other to QEMU
+//! (`addr.type=fd`). Nothing is bound on disk, which matters because passt started as root
+//! switches to `nobody` before binding a socket path (and then cannot create it in kib's
+//! private work dir), and passt exits as soon as QEMU's end closes, so it dies with QEMU, which
+//! dies with kib ([`parent_death_command`]; passt's own death signal is cleared when it
+//! switches to `nobody`).
 
 use std::ffi::{OsStr, OsString};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -19,6 +43,11 @@ use tokio::time::Instant;
 use crate::accel::{Accel, AccelChoice, HostProbe, detect_with};
 use crate::qmp::{QgaClient, QmpClient, QmpError};
 use crate::{Firmware, Network, Runner, Vm, VmError, VmSpec};
+
+/// Debian's (and Fedora's) passt binary: the outbound network of [`Network::Outbound`].
+pub const PASST: &str = "passt";
+/// How long passt may take to open its port forwards.
+const PASST_START: Duration = Duration::from_secs(10);
 
 /// Longest Unix socket path (`sun_path` is 108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -32,6 +61,8 @@ const STDERR_TAIL: usize = 4096;
 pub struct QemuRunner {
     /// The QEMU binary, default `qemu-system-x86_64` (looked up on `PATH`).
     pub qemu: PathBuf,
+    /// The passt binary for [`Network::Outbound`], default `passt` (looked up on `PATH`).
+    pub passt: PathBuf,
     /// OVMF code (read-only), default Debian's `/usr/share/OVMF/OVMF_CODE_4M.fd`.
     pub ovmf_code: PathBuf,
     /// OVMF variable template, copied per VM; default `/usr/share/OVMF/OVMF_VARS_4M.fd`.
@@ -56,6 +87,7 @@ impl Default for QemuRunner {
     fn default() -> Self {
         Self {
             qemu: "qemu-system-x86_64".into(),
+            passt: PASST.into(),
             ovmf_code: OVMF_CODE.into(),
             ovmf_vars: OVMF_VARS.into(),
             probe: HostProbe::default(),
@@ -94,6 +126,11 @@ pub struct LaunchPlan {
     pub seed_image: Option<PathBuf>,
     /// OVMF code and the VM's variable store, for UEFI.
     pub ovmf: Option<(PathBuf, PathBuf)>,
+    /// QEMU's end of the socket pair to passt (an inherited descriptor), for
+    /// [`Network::Outbound`]. Without it the guest gets QEMU's user networking, with
+    /// `restrict=on` unless the spec asks for [`Network::OutboundHost`]: an outbound spec
+    /// without passt fails closed.
+    pub passt_fd: Option<RawFd>,
 }
 
 /// Escapes a value for QEMU's `key=value,…` option syntax (a comma is doubled).
@@ -165,13 +202,20 @@ pub fn qemu_args(spec: &VmSpec, plan: &LaunchPlan) -> Vec<OsString> {
             &"virtio-blk-pci,drive=seed0",
         ]);
     }
-    let mut netdev = String::from("user,id=net0");
-    if spec.network == Network::Isolated {
-        netdev.push_str(",restrict=on");
-    }
-    for (guest, host) in &plan.forwards {
-        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-    }
+    let netdev = match plan.passt_fd {
+        // passt does the port forwards (passt_args).
+        Some(fd) => format!("stream,id=net0,server=off,addr.type=fd,addr.str={fd}"),
+        None => {
+            let mut netdev = String::from("user,id=net0");
+            if spec.network != Network::OutboundHost {
+                netdev.push_str(",restrict=on");
+            }
+            for (guest, host) in &plan.forwards {
+                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+            }
+            netdev
+        }
+    };
     push(&[
         &"-netdev",
         &netdev,
@@ -228,6 +272,100 @@ pub fn qemu_args(spec: &VmSpec, plan: &LaunchPlan) -> Vec<OsString> {
     a
 }
 
+/// The passt command line (without the binary) for a VM whose QEMU holds the other end of
+/// `fd`, with `forwards` as (guest port, host port) pairs and `dns` as the resolvers to hand
+/// the guest (empty: passt reads `/etc/resolv.conf`). See the module docs for the sources.
+pub fn passt_args(fd: RawFd, forwards: &[(u16, u16)], dns: &[IpAddr]) -> Vec<OsString> {
+    let mut a: Vec<OsString> = ["-f", "-q", "-F"].iter().map(OsString::from).collect();
+    a.push(fd.to_string().into());
+    for (guest, host) in forwards {
+        a.push("-t".into());
+        a.push(format!("127.0.0.1/{host}:{guest}").into());
+    }
+    for ip in dns {
+        a.push("-D".into());
+        a.push(ip.to_string().into());
+    }
+    // The gateway address is the real gateway, never the host's loopback (issue #16.11).
+    for s in ["-u", "none", "--no-map-gw"] {
+        a.push(s.into());
+    }
+    a
+}
+
+/// systemd-resolved's list of the upstream resolvers behind its 127.0.0.53 stub.
+const RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The resolvers to give passt with `-D`: none when `/etc/resolv.conf` names a resolver off
+/// the loopback (passt reads it itself); otherwise (systemd-resolved's 127.0.0.53, which passt
+/// drops under `--no-map-gw`) the non-loopback ones of `upstream`
+/// (`/run/systemd/resolve/resolv.conf`), if any.
+fn dns_servers(etc_resolv_conf: &str, upstream: Option<&str>) -> Vec<IpAddr> {
+    fn nameservers(text: &str) -> Vec<IpAddr> {
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver"))
+                    .then(|| w.next()?.split('%').next()?.parse().ok())
+                    .flatten()
+            })
+            // Loopback resolvers are what passt drops; a link-local one needs its zone, which
+            // `-D` cannot carry.
+            .filter(|ip: &IpAddr| match ip {
+                IpAddr::V4(v4) => !v4.is_loopback(),
+                IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+            })
+            .collect()
+    }
+    if !nameservers(etc_resolv_conf).is_empty() {
+        return Vec::new();
+    }
+    upstream.map(nameservers).unwrap_or_default()
+}
+
+/// The `127.0.0.1` TCP ports something listens on, from `/proc/net/tcp`.
+fn loopback_listeners() -> Vec<u16> {
+    let text = fs_err::read_to_string("/proc/net/tcp").unwrap_or_default();
+    listeners_in(&text)
+}
+
+/// [`loopback_listeners`] on the text of `/proc/net/tcp`: `local_address` is
+/// `0100007F:PORT` (address in host byte order, port big-endian, both hex); state `0A` is
+/// LISTEN.
+fn listeners_in(proc_net_tcp: &str) -> Vec<u16> {
+    proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (addr == "0100007F" && *f.get(3)? == "0A")
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Lets the next child inherit `fd` (std creates descriptors close-on-exec). The window until
+/// the parent closes it is short, but another child spawned meanwhile by another thread
+/// inherits it too.
+fn inheritable(fd: &impl AsFd) -> Result<(), std::io::Error> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
+/// passt's stderr for an error message: its end, without the lines saying that it could not
+/// reach the system logger (it tries syslog first; containers and CI hosts have none).
+fn passt_stderr(path: &Path) -> String {
+    tail_of(path, 64 * 1024)
+        .lines()
+        .filter(|l| !l.contains("bytes to syslog"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Picks free `127.0.0.1` ports (all held open together so they differ, then released).
 fn free_ports(n: usize) -> Result<Vec<u16>, std::io::Error> {
     let listeners = (0..n)
@@ -275,6 +413,7 @@ impl QemuRunner {
         let qga_socket = work.join("qga.sock");
         let serial_log = work.join("serial.log");
         let stderr_log = work.join("qemu.stderr.log");
+        let passt_log = work.join("passt.stderr.log");
         for p in [&control_socket, &qmp_socket, &qga_socket] {
             if p.as_os_str().len() > MAX_SOCKET_PATH {
                 return Err(VmError::SocketPathTooLong { path: p.clone() });
@@ -322,16 +461,41 @@ impl QemuRunner {
         loop {
             attempt += 1;
             let host_ports = free_ports(guest_ports.len()).map_err(VmError::Ports)?;
+            let forwards: Vec<(u16, u16)> = guest_ports.iter().copied().zip(host_ports).collect();
+            // For `Outbound`: passt, and QEMU's end of the socket pair to it (kept open until
+            // QEMU has inherited it).
+            let (passt, qemu_end) = if spec.network == Network::Outbound {
+                match self.start_passt(&name, &forwards, &passt_log).await {
+                    Ok((child, end)) => (Some(child), Some(end)),
+                    Err(VmError::PasstExited { stderr, .. })
+                        if stderr.contains("Failed to bind") && attempt < PORT_ATTEMPTS =>
+                    {
+                        tracing::debug!(vm = %name, %stderr, "port clash, retrying with new ports");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                (None, None)
+            };
+            if let Some(end) = &qemu_end {
+                inheritable(end).map_err(|source| VmError::PasstSpawn {
+                    name: name.clone(),
+                    binary: self.passt.clone(),
+                    source,
+                })?;
+            }
             let plan = LaunchPlan {
                 accel: choice.accel,
                 cpu_model: cpu_model.clone(),
-                forwards: guest_ports.iter().copied().zip(host_ports).collect(),
+                forwards,
                 control_socket: control_socket.clone(),
                 qmp_socket: qmp_socket.clone(),
                 qga_socket: qga_socket.clone(),
                 serial_log: serial_log.clone(),
                 seed_image: seed_image.clone(),
                 ovmf: ovmf.clone(),
+                passt_fd: qemu_end.as_ref().map(AsRawFd::as_raw_fd),
             };
             let args = qemu_args(&spec, &plan);
             tracing::debug!(vm = %name, qemu = %self.qemu.display(), ?args, "starting QEMU");
@@ -349,10 +513,14 @@ impl QemuRunner {
                     binary: self.qemu.clone(),
                     source,
                 })?;
+            // QEMU holds its end now; passt exits once QEMU's copy closes.
+            drop(qemu_end);
             let mut vm = QemuVm {
                 name: name.clone(),
                 pid: child.id(),
                 child,
+                passt,
+                passt_log: passt_log.clone(),
                 exited: false,
                 accel: choice.clone(),
                 forwards: plan.forwards.clone(),
@@ -368,6 +536,19 @@ impl QemuRunner {
                 qmp_timeout: self.qmp_timeout,
             };
             match vm.wait_ready(self.start_timeout).await {
+                Ok(()) if vm.passt_exited() => {
+                    let status = vm
+                        .passt
+                        .as_mut()
+                        .and_then(|p| p.try_wait().ok().flatten())
+                        .map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+                    vm.kill_now().await;
+                    return Err(VmError::PasstExited {
+                        name: name.clone(),
+                        status,
+                        stderr: passt_stderr(&passt_log),
+                    });
+                }
                 Ok(()) => {
                     tracing::info!(vm = %name, accel = %choice.accel, ssh = %vm.ssh_addr(), "VM started");
                     return Ok(vm);
@@ -383,11 +564,78 @@ impl QemuRunner {
     }
 }
 
+impl QemuRunner {
+    /// Starts passt for `forwards` and waits until it listens on every forwarded host port.
+    /// Returns passt and QEMU's end of the socket pair.
+    async fn start_passt(
+        &self,
+        name: &str,
+        forwards: &[(u16, u16)],
+        log: &Path,
+    ) -> Result<(Child, UnixStream), VmError> {
+        let spawn_err = |source| VmError::PasstSpawn {
+            name: name.to_owned(),
+            binary: self.passt.clone(),
+            source,
+        };
+        let (qemu_end, passt_end) = UnixStream::pair().map_err(spawn_err)?;
+        inheritable(&passt_end).map_err(spawn_err)?;
+        let dns = dns_servers(
+            &fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            fs_err::read_to_string(RESOLVED_UPSTREAM).ok().as_deref(),
+        );
+        let args = passt_args(passt_end.as_raw_fd(), forwards, &dns);
+        tracing::debug!(vm = %name, passt = %self.passt.display(), ?args, "starting passt");
+        let stderr = fs_err::File::create(log).map_err(|source| VmError::Prepare {
+            name: name.to_owned(),
+            path: log.to_owned(),
+            source,
+        })?;
+        let mut cmd = parent_death_command(&self.passt);
+        let spawned = crate::scrub_secrets(&mut cmd)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr.into_parts().0))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        drop(passt_end);
+        let mut child = spawned.map_err(spawn_err)?;
+        let deadline = Instant::now() + PASST_START;
+        loop {
+            if let Some(status) = child.try_wait().map_err(spawn_err)? {
+                return Err(VmError::PasstExited {
+                    name: name.to_owned(),
+                    status: status.to_string(),
+                    stderr: passt_stderr(log),
+                });
+            }
+            let listening = loopback_listeners();
+            if forwards.iter().all(|(_, h)| listening.contains(h)) {
+                return Ok((child, qemu_end));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(VmError::PasstExited {
+                    name: name.to_owned(),
+                    status: format!("stopped: no port forwards after {PASST_START:?}"),
+                    stderr: passt_stderr(log),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A VM run by QEMU.
 #[derive(Debug)]
 pub struct QemuVm {
     name: String,
     child: Child,
+    /// passt, for [`Network::Outbound`].
+    passt: Option<Child>,
+    passt_log: PathBuf,
     pid: Option<u32>,
     exited: bool,
     accel: AccelChoice,
@@ -413,6 +661,37 @@ impl QemuVm {
     /// The file holding QEMU's stderr.
     pub fn stderr_log(&self) -> &Path {
         &self.stderr_log
+    }
+
+    /// passt's process id, for [`Network::Outbound`]; `None` otherwise or once it has exited.
+    pub fn passt_pid(&mut self) -> Option<u32> {
+        let p = self.passt.as_mut()?;
+        matches!(p.try_wait(), Ok(None)).then(|| p.id()).flatten()
+    }
+
+    /// The file holding passt's stderr (written only for [`Network::Outbound`]).
+    pub fn passt_log(&self) -> &Path {
+        &self.passt_log
+    }
+
+    /// True when this VM has a passt and it is no longer running.
+    fn passt_exited(&mut self) -> bool {
+        self.passt
+            .as_mut()
+            .is_some_and(|p| !matches!(p.try_wait(), Ok(None)))
+    }
+
+    /// Stops passt (it also exits by itself once QEMU is gone) and reaps it.
+    fn stop_passt(&mut self) {
+        if let Some(p) = self.passt.as_mut() {
+            let _ = p.start_kill();
+            for _ in 0..100 {
+                if !matches!(p.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     fn early_exit(&self, status: ExitStatus) -> VmError {
@@ -487,6 +766,7 @@ impl QemuVm {
                 let status = status.map_err(self.wait_err())?;
                 self.exited = true;
                 tracing::debug!(vm = %self.name, %status, "QEMU exited");
+                self.stop_passt();
                 Ok(true)
             }
             Err(_) => Ok(false),
@@ -634,6 +914,7 @@ impl QemuVm {
     /// [`Vm::kill`].
     async fn kill_now(&mut self) {
         if self.exited {
+            self.stop_passt();
             return;
         }
         self.kill_group();
@@ -641,11 +922,13 @@ impl QemuVm {
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
             self.exited = true;
         }
+        self.stop_passt();
     }
 }
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
+        self.stop_passt();
         if self.exited {
             return;
         }
@@ -714,6 +997,7 @@ mod tests {
             serial_log: "/w/serial.log".into(),
             seed_image: None,
             ovmf: None,
+            passt_fd: None,
         }
     }
 
@@ -786,21 +1070,117 @@ mod tests {
         p.cpu_model = "host".into();
         p.forwards.truncate(1);
         p.ovmf = Some(("/o/CODE.fd".into(), "/w/VARS.fd".into()));
+        p.passt_fd = Some(7);
         let args = qemu_args(&spec, &p);
         let s = joined(&args);
         assert_eq!(value_after(&args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
         assert_eq!(value_after(&args, "-name"), ["b,,2"]);
+        // passt, not slirp: no 10.0.2.2 to the host's loopback; passt does the forwards.
         assert_eq!(
             value_after(&args, "-netdev"),
-            ["user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"]
+            ["stream,id=net0,server=off,addr.type=fd,addr.str=7"]
         );
+        assert!(s.contains("virtio-net-pci,netdev=net0"));
+        assert!(!s.contains("hostfwd"));
         assert!(s.contains("file=/d/a,,b.qcow2"), "commas are escaped: {s}");
         assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/o/CODE.fd"));
         assert!(s.contains("if=pflash,format=raw,unit=1,file=/w/VARS.fd"));
         assert!(!s.contains("i6300esb"));
         assert!(!s.contains("guest_agent"));
         assert!(!s.contains("seed0"));
+    }
+
+    #[test]
+    fn outbound_host_is_slirp_without_restrict_and_outbound_without_passt_fails_closed() {
+        let mut spec = VmSpec::new("b", "/d/disk.qcow2", "/w");
+        spec.network = Network::OutboundHost;
+        let args = qemu_args(&spec, &plan(Accel::Tcg));
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:40443-:6443"]
+        );
+        // `Outbound` is passt's job; a plan without passt must not fall back to open slirp.
+        spec.network = Network::Outbound;
+        let args = qemu_args(&spec, &plan(Accel::Tcg));
+        assert!(value_after(&args, "-netdev")[0].starts_with("user,id=net0,restrict=on,"));
+    }
+
+    #[test]
+    fn passt_argv_forwards_loopback_ports_and_never_maps_the_gateway() {
+        let args = passt_args(5, &[(22, 40022), (6443, 40443)], &[]);
+        assert_eq!(
+            joined(&args),
+            "-f -q -F 5 -t 127.0.0.1/40022:22 -t 127.0.0.1/40443:6443 -u none --no-map-gw"
+        );
+        let args = passt_args(5, &[(22, 40022)], &["192.0.2.53".parse().unwrap()]);
+        assert_eq!(
+            joined(&args),
+            "-f -q -F 5 -t 127.0.0.1/40022:22 -D 192.0.2.53 -u none --no-map-gw"
+        );
+    }
+
+    #[test]
+    fn a_loopback_only_resolv_conf_hands_passt_systemd_resolveds_upstreams() {
+        let stub = "# systemd-resolved stub\nnameserver 127.0.0.53\noptions edns0 trust-ad\n";
+        let upstream = "nameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver 127.0.0.1\n";
+        assert_eq!(
+            dns_servers(stub, Some(upstream)),
+            ["192.0.2.53".parse::<IpAddr>().unwrap()]
+        );
+        assert!(dns_servers(stub, None).is_empty());
+        // A real resolver in /etc/resolv.conf: passt reads it itself.
+        assert!(dns_servers("nameserver 10.255.255.53\n", Some(upstream)).is_empty());
+    }
+
+    #[test]
+    fn loopback_listeners_are_read_from_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:AFDE 00000000:0000 0A 00000000:00000000 00:00000000 00000000 65534        0 1 1 0000000000000000 100 0 0 10 0
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0000000000000000 100 0 0 10 0
+   2: 0100007F:1F90 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(listeners_in(text), [45022]);
+    }
+
+    /// Real passt (Debian package `passt`): it listens on the forwarded loopback port, and it
+    /// exits by itself once QEMU's end of the socket pair closes (so it dies with QEMU).
+    #[tokio::test]
+    async fn passt_forwards_and_exits_when_qemus_end_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = QemuRunner::new();
+        let port = free_ports(1).unwrap()[0];
+        let log = dir.path().join("passt.log");
+        let (mut child, qemu_end) = runner
+            .start_passt("t", &[(22, port)], &log)
+            .await
+            .expect("passt starts (apt-get install passt)");
+        assert!(loopback_listeners().contains(&port));
+        assert!(child.try_wait().unwrap().is_none());
+        drop(qemu_end);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("passt exits once QEMU's end is closed")
+            .unwrap();
+        assert!(status.success(), "{status}: {}", passt_stderr(&log));
+        assert!(!loopback_listeners().contains(&port));
+    }
+
+    #[tokio::test]
+    async fn missing_passt_is_a_spawn_error_that_says_how_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = QemuRunner {
+            passt: dir.path().join("no-passt"),
+            ..QemuRunner::new()
+        };
+        let mut spec = VmSpec::new("x", dir.path().join("d.qcow2"), dir.path().join("w"));
+        spec.accel = crate::AccelRequest::Tcg;
+        spec.network = Network::Outbound;
+        let err = runner.start(spec).await.unwrap_err();
+        assert!(matches!(err, VmError::PasstSpawn { .. }), "{err:?}");
+        let hint = err.hint().unwrap();
+        assert!(hint.contains("apt-get install passt"), "{hint}");
+        assert!(hint.contains("--network outbound-host"), "{hint}");
     }
 
     #[test]

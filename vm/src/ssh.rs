@@ -205,6 +205,11 @@ pub struct SshOptions {
     /// retries its SYN to a guest that is not up yet with growing gaps: a fresh attempt gets
     /// through sooner than waiting on that one. Grows by half after each miss, up to
     /// `attempt_timeout`, so a slow but live sshd still gets in.
+    ///
+    /// Zero: do not wait for the banner; the client speaks first (russh sends its
+    /// identification at once). Needed behind passt ([`crate::Network::Outbound`],
+    /// [`crate::Network::client_speaks_first`]), whose forwarded connections stay silent until
+    /// the host side sends something.
     pub banner_timeout: Duration,
     /// First delay between attempts in [`wait_for_ssh`]; it grows by half each time.
     pub retry_initial: Duration,
@@ -565,18 +570,23 @@ async fn connect_inner(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|source| SshError::Connect { addr, source })?;
-    // Wait for the banner without consuming it (russh reads it next).
+    // Wait for the banner without consuming it (russh reads it next); not behind passt.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(opts.banner_timeout, stream.peek(&mut first)).await {
-        Err(_) => {
-            return Err(SshError::NoBanner {
-                addr,
-                after: opts.banner_timeout,
-            });
-        }
-        Ok(Ok(0)) => return Err(SshError::ClosedBeforeBanner { addr }),
-        Ok(Ok(_)) => {}
-        Ok(Err(source)) => return Err(SshError::Connect { addr, source }),
+    match (!opts.banner_timeout.is_zero())
+        .then(|| tokio::time::timeout(opts.banner_timeout, stream.peek(&mut first)))
+    {
+        None => {}
+        Some(peek) => match peek.await {
+            Err(_) => {
+                return Err(SshError::NoBanner {
+                    addr,
+                    after: opts.banner_timeout,
+                });
+            }
+            Ok(Ok(0)) => return Err(SshError::ClosedBeforeBanner { addr }),
+            Ok(Ok(_)) => {}
+            Ok(Err(source)) => return Err(SshError::Connect { addr, source }),
+        },
     }
     let seen = Arc::new(Mutex::new(None));
     let handler = PinningHandler {

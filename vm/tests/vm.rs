@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kib_vm::seed::{ConfigDrive, NoCloud, Seed, build_user_data};
-use kib_vm::{Accel, AccelRequest, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use kib_vm::ssh::{KeyPair, SshOptions, wait_for_ssh};
+use kib_vm::{Accel, AccelRequest, Network, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A public key for the seed's user; nothing logs in with it (the SSH client is tested elsewhere).
 const TEST_KEY: &str =
@@ -69,15 +70,27 @@ fn spec(dir: &Path, name: &str, seed: Seed) -> VmSpec {
 
 /// What to print when a check fails: the end of the console and whether it stayed silent.
 fn console(vm: &QemuVm) -> String {
+    let serial = fs_err::read(vm.serial_log()).unwrap_or_default();
+    let net: Vec<String> = String::from_utf8_lossy(&serial)
+        .lines()
+        .filter(|l| l.contains("ci-info") && (l.contains("Device") || l.contains(" | ")))
+        .take(12)
+        .map(str::to_owned)
+        .collect();
     format!(
-        "console silent: {}\n--- last serial lines ---\n{}\n--- qemu stderr ---\n{}",
+        "console silent: {}\n--- cloud-init network table ---\n{}\n--- last serial lines ---\n{}\n--- qemu stderr ---\n{}\n--- passt stderr (outbound only) ---\n{}",
         vm.console_is_silent(),
+        net.join("\n"),
         vm.serial_tail(40).join("\n"),
-        fs_err::read_to_string(vm.stderr_log()).unwrap_or_default()
+        fs_err::read_to_string(vm.stderr_log()).unwrap_or_default(),
+        fs_err::read_to_string(vm.passt_log()).unwrap_or_default()
     )
 }
 
-/// Reads the SSH banner from the forwarded port; returns it once it starts with `SSH-2.0`.
+/// Sends an SSH client identification and reads the server's banner from the forwarded port;
+/// returns it once it starts with `SSH-2.0`. The client speaks first, as OpenSSH and russh do:
+/// Debian bookworm's passt (0.0~git20230309) acknowledges the guest's SYN-ACK only once the
+/// host side sends data, so a client that only listens sees the banner seconds late.
 async fn wait_for_banner(vm: &QemuVm, timeout: Duration) -> String {
     let addr = vm.ssh_addr();
     let deadline = Instant::now() + timeout;
@@ -85,6 +98,7 @@ async fn wait_for_banner(vm: &QemuVm, timeout: Duration) -> String {
     while Instant::now() < deadline {
         let attempt = async {
             let mut s = TcpStream::connect(addr).await?;
+            s.write_all(b"SSH-2.0-kib-vm-test\r\n").await?;
             let mut buf = vec![0u8; 256];
             let n = s.read(&mut buf).await?;
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -299,4 +313,132 @@ async fn early_exit_carries_qemu_stderr() {
         Err(other) => panic!("expected EarlyExit, got {other:?}"),
         Ok(_) => panic!("QEMU started without its disk"),
     }
+}
+
+/// What the host's loopback service says to whoever connects: a guest that prints it reached
+/// the host's 127.0.0.1.
+const LOOPBACK_TOKEN: &str = "kib-host-loopback-service";
+
+/// A TCP service on the host's 127.0.0.1 (as a local registry, database or metadata proxy
+/// would be) that counts the connections it accepts and greets each with [`LOOPBACK_TOKEN`].
+async fn loopback_service() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Stopped with the test's runtime.
+    tokio::spawn(async move {
+        while let Ok((mut s, peer)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            println!("host loopback service: connection from {peer}");
+            let _ = s.write_all(format!("{LOOPBACK_TOKEN}\n").as_bytes()).await;
+        }
+    });
+    (port, accepted)
+}
+
+/// Boots the fixture with `network` and, from inside the guest, connects to 10.0.2.2:`port`
+/// and to its default gateway:`port`, where only the host's 127.0.0.1 listens. Returns what
+/// the guest printed and how many connections the host service accepted.
+async fn probe_host_loopback(network: Network, name: &str) -> (String, usize) {
+    let (port, accepted) = loopback_service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::generate();
+    let seed = NoCloud::new(name, name, build_user_data("kib", &key.public_openssh()));
+    let mut spec = spec(dir.path(), name, Seed::from(seed));
+    spec.network = network;
+    spec.watchdog = false;
+    let work = spec.work_dir.clone();
+    let started = Instant::now();
+    let mut vm = QemuRunner::new().start(spec).await.expect("QEMU starts");
+    let pid = vm.pid().expect("QEMU runs");
+    let passt = vm.passt_pid();
+    assert_eq!(passt.is_some(), network == Network::Outbound);
+    expect_tcg_on_pvm_host(&vm);
+    // The banner comes through the port forward (passt's or slirp's): the guest's network is up.
+    wait_for_banner(&vm, banner_timeout()).await;
+    println!("{network:?}: boot to SSH banner: {:.1?}", started.elapsed());
+    let script = format!(
+        r#"gw=$(ip -4 route show default | awk '{{print $3; exit}}')
+echo "guest: $(ip -4 -o addr show scope global | awk '{{print $2, $4}}') gateway $gw"
+for t in 10.0.2.2 "$gw"; do
+  if out=$(timeout 10 bash -c "exec 3<>/dev/tcp/$t/{port} && head -c 64 <&3" 2>&1); then
+    echo "connected $t:{port}: $out"
+  else
+    echo "no connection to $t:{port}: $out"
+  fi
+done
+if timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' 2>/dev/null; then
+  echo "internet: deb.debian.org:80 reachable"
+else
+  echo "internet: deb.debian.org:80 not reachable"
+fi
+"#
+    );
+    // Over SSH as a build logs in: behind passt the client speaks first (banner wait off).
+    let opts = SshOptions {
+        banner_timeout: if network.client_speaks_first() {
+            Duration::ZERO
+        } else {
+            SshOptions::default().banner_timeout
+        },
+        ..SshOptions::default()
+    };
+    let session = match wait_for_ssh(vm.ssh_addr(), "kib", &key, &opts, banner_timeout()).await {
+        Ok(s) => s,
+        Err(e) => panic!("SSH login: {e:?}\n{}", console(&vm)),
+    };
+    println!("{network:?}: SSH login: {:.1?}", started.elapsed());
+    let mut lines = Vec::new();
+    let status = session
+        .exec(&script, None, &mut |_, line| lines.push(line.to_owned()))
+        .await
+        .expect("the probe runs over SSH");
+    session.close().await;
+    let out = lines.join("\n");
+    println!("{network:?}: guest probe ({status}):\n{out}");
+    let t = Instant::now();
+    vm.power_off(POWER_OFF_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("power_off: {e:?}\n{}", console(&vm)));
+    println!("power-off (ACPI): {:.1?}", t.elapsed());
+    assert_gone(pid, &work);
+    if let Some(passt) = passt {
+        assert!(
+            !Path::new(&format!("/proc/{passt}")).exists(),
+            "passt (pid {passt}) outlived its VM"
+        );
+    }
+    (out, accepted.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Issue #16.11: with `outbound` networking (the build default) the guest reaches no service
+/// on the host's 127.0.0.1, neither through 10.0.2.2 (slirp's host alias) nor through its
+/// gateway (passt's, with `--no-map-gw`).
+#[tokio::test]
+async fn outbound_guest_cannot_reach_the_hosts_loopback() {
+    let (out, accepted) = probe_host_loopback(Network::Outbound, "kib-vm-outbound").await;
+    assert!(out.contains("gateway "), "the probe ran: {out}");
+    assert!(
+        !out.contains(LOOPBACK_TOKEN),
+        "the guest reached 127.0.0.1: {out}"
+    );
+    assert_eq!(accepted, 0, "the host's loopback service accepted: {out}");
+}
+
+/// The documented switch `outbound-host` (QEMU user networking) keeps the path to the host's
+/// 127.0.0.1 for a local proxy or mirror: the same probe reaches the service through 10.0.2.2.
+/// This is what `outbound` did before issue #16.11 was fixed, so it shows that the probe above
+/// detects the hole.
+#[tokio::test]
+async fn outbound_host_guest_reaches_the_hosts_loopback() {
+    let (out, accepted) = probe_host_loopback(Network::OutboundHost, "kib-vm-outbound-host").await;
+    assert!(
+        out.contains("connected 10.0.2.2:") && out.contains(LOOPBACK_TOKEN),
+        "the guest did not reach 127.0.0.1 through 10.0.2.2: {out}"
+    );
+    assert!(
+        accepted >= 1,
+        "the host's loopback service accepted nothing: {out}"
+    );
 }
