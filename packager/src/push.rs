@@ -144,6 +144,15 @@ pub enum PublishError {
         #[source]
         source: AuthError,
     },
+    /// The options do not allow reaching the registry this way.
+    #[error("Cannot reach the registry `{registry}` this way")]
+    Transport {
+        /// The registry.
+        registry: String,
+        /// The cause.
+        #[source]
+        source: registry::TransportError,
+    },
     /// The registry could not be reached or refused the login.
     #[error("Failed to connect to the registry `{registry}`")]
     Connect {
@@ -275,6 +284,7 @@ impl PublishError {
         match self {
             PublishError::Tag { source, .. } => return source.hint(),
             PublishError::Auth { source, .. } => return source.hint(),
+            PublishError::Transport { source, .. } => return source.hint(),
             PublishError::TagExists { .. } => {
                 return Some(
                     "immutable tags never move: tag a new release in git (`git tag`), or choose another `--tag-immutable`"
@@ -287,12 +297,15 @@ impl PublishError {
             _ => {}
         }
         let err = self.registry_error()?;
+        if let Some(h) = registry::certificate_hint(err) {
+            return Some(h);
+        }
         if is_unreachable(err) {
             let http = matches!(self, PublishError::Connect { http: true, .. });
             return Some(if http {
                 "is the registry running and listening at that address?".into()
             } else {
-                "is the registry running at that address? A plain-HTTP registry needs `--insecure`"
+                "is the registry running at that address? A plain-HTTP registry needs `--plain-http`"
                     .into()
             });
         }
@@ -353,7 +366,8 @@ pub async fn publish(
 }
 
 /// A connection to the repository: oci-client for the registry calls, plus the plain HTTP
-/// client of the streamed layer upload (the same TLS and HTTP choices).
+/// client of the streamed layer upload, both from [`registry::connect`] (the same TLS and
+/// HTTP choices, made there).
 struct Session<'a> {
     req: &'a PublishRequest,
     client: Client,
@@ -385,8 +399,14 @@ impl<'a> Session<'a> {
             registry: registry_name.clone(),
             source,
         })?;
-        let client = registry::client(repo, &req.options);
-        let http = registry::uses_http(repo, &req.options);
+        let transport = registry::connect(repo, &req.options, &auth)
+            .await
+            .map_err(|source| PublishError::Transport {
+                registry: registry_name.clone(),
+                source,
+            })?;
+        let client = transport.client.clone();
+        let http = transport.scheme == "http";
         let retry = Retry {
             policy: req.retry,
             reporter,
@@ -403,21 +423,12 @@ impl<'a> Session<'a> {
             })
             .await
             .map_err(connect_err)?;
-        // The same choices as `registry::client`: plain HTTP for loopback or `--insecure`,
-        // unverified TLS only with `--insecure`.
-        let http_client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(req.options.insecure)
-            .connect_timeout(Duration::from_secs(15))
-            .user_agent(concat!("kib/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| connect_err(OciDistributionError::RequestError(e)))?;
         Ok(Self {
             req,
             client,
             auth,
-            http: http_client,
-            scheme: if http { "http" } else { "https" },
+            http: transport.http,
+            scheme: transport.scheme,
             repository,
             retry,
         })
