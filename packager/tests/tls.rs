@@ -60,6 +60,60 @@ async fn skip_tls_verify_covers_the_named_host_and_no_other() {
 }
 
 #[tokio::test]
+async fn skip_tls_verify_refuses_a_token_service_on_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = {
+        if let Err(e) = require("openssl", "openssl") {
+            panic!("{e}\nhint: {}", e.hint().unwrap_or_default());
+        }
+        TestTls::create(dir.path())
+    };
+    let skip = RegistryOptions {
+        skip_tls_verify: true,
+        ..RegistryOptions::default()
+    };
+    let basic = Auth::Basic("kib".into(), "secret".into());
+    // Another host: oci-client would send the credentials there unverified, so no client.
+    let foreign = Registry::start_tls_with_token_realm(
+        &tls.certificate,
+        &tls.key,
+        "https://auth.example.invalid/token",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let image: Reference = format!("{}/kib/node:v1", foreign.host()).parse().unwrap();
+    let err = connect(&image, &skip, &basic).await.unwrap_err();
+    assert!(
+        matches!(err, registry::TransportError::ForeignTokenService { ref realm, .. } if realm == "https://auth.example.invalid/token"),
+        "{err:?}"
+    );
+    assert!(err.hint().unwrap().contains("--ca-file"));
+    // With the CA instead, every host is verified: allowed.
+    let with_ca = RegistryOptions {
+        ca_file: Some(tls.ca.clone()),
+        ..RegistryOptions::default()
+    };
+    connect(&image, &with_ca, &basic).await.unwrap();
+    // Plain HTTP to a realm is refused too, even on the same host.
+    let http_realm =
+        Registry::start_tls_with_token_realm(&tls.certificate, &tls.key, "http://{addr}/token")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let image: Reference = format!("{}/kib/node:v1", http_realm.host())
+        .parse()
+        .unwrap();
+    let err = connect(&image, &skip, &basic).await.unwrap_err();
+    assert!(
+        matches!(err, registry::TransportError::ForeignTokenService { .. }),
+        "{err:?}"
+    );
+    // The registry's own host (where the certificate check is skipped anyway): allowed.
+    let own =
+        Registry::start_tls_with_token_realm(&tls.certificate, &tls.key, "https://{addr}/token")
+            .unwrap_or_else(|e| panic!("{e}"));
+    let image: Reference = format!("{}/kib/node:v1", own.host()).parse().unwrap();
+    connect(&image, &skip, &basic).await.unwrap();
+}
+
+#[tokio::test]
 async fn ca_file_trusts_the_registry_and_another_ca_is_a_permanent_certificate_error() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, tls) = tls_registry(dir.path());

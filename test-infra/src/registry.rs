@@ -103,23 +103,35 @@ pub struct Registry {
 impl Registry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, RegistryError> {
-        Self::launch(None, None)
+        Self::launch(None, None, None)
     }
 
     /// Starts an anonymous registry that serves HTTPS with this PEM certificate and key
     /// (`http.tls` in distribution's config); the certificate must name `127.0.0.1`.
     pub fn start_tls(certificate: &Path, key: &Path) -> Result<Self, RegistryError> {
-        Self::launch(None, Some((certificate, key)))
+        Self::launch(None, Some((certificate, key)), None)
+    }
+
+    /// Like [`Registry::start_tls`], but every request needs a bearer token from `realm`
+    /// (`auth.token` in distribution's config; `{addr}` in `realm` becomes the registry's own
+    /// `127.0.0.1:PORT`). No token service runs: `/v2/` answers 401 with the challenge.
+    pub fn start_tls_with_token_realm(
+        certificate: &Path,
+        key: &Path,
+        realm: &str,
+    ) -> Result<Self, RegistryError> {
+        Self::launch(None, Some((certificate, key)), Some(realm))
     }
 
     /// Starts a registry that requires basic auth (`user`, `password`).
     pub fn start_with_auth(user: &str, password: &str) -> Result<Self, RegistryError> {
-        Self::launch(Some((user.to_owned(), password.to_owned())), None)
+        Self::launch(Some((user.to_owned(), password.to_owned())), None, None)
     }
 
     fn launch(
         auth: Option<(String, String)>,
         tls: Option<(&Path, &Path)>,
+        token_realm: Option<&str>,
     ) -> Result<Self, RegistryError> {
         require(DOCKER_REGISTRY, "docker-registry")?;
         let prep = |source| RegistryError::Prepare { source };
@@ -139,6 +151,13 @@ impl Registry {
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 certificate.display(),
                 key.display()
+            ));
+        }
+        if let (Some(realm), Some((certificate, _))) = (token_realm, tls) {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: kib-test\n    issuer: kib-test\n    rootcertbundle: {}\n",
+                realm.replace("{addr}", &addr.to_string()),
+                certificate.display()
             ));
         }
         if let Some((user, password)) = &auth {
