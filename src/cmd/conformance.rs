@@ -231,6 +231,10 @@ fn agent_keys() -> anyhow::Result<Vec<String>> {
 
 impl Args {
     pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+        anyhow::ensure!(
+            !self.insecure,
+            "`kib conformance --insecure` was renamed: use `--skip-tls-verify` (it skips the registry's certificate check when pulling the image)"
+        );
         let progress = Progress {
             quiet: global.quiet,
         };
@@ -322,10 +326,6 @@ impl Args {
         opts.watchdog_fire = self.watchdog_fire;
         opts.keep = self.keep;
         opts.check_scripts = self.check_scripts.clone();
-        anyhow::ensure!(
-            !self.insecure,
-            "`kib conformance --insecure` was renamed: use `--skip-tls-verify`"
-        );
         if self.skip_tls_verify {
             let _ = writeln!(
                 std::io::stderr().lock(),
