@@ -17,8 +17,8 @@ pub(crate) struct RegistryArgs {
     /// host plain HTTP is anonymous only: kib refuses to send credentials over it.
     #[arg(long, env = "KIB_REGISTRY_PLAIN_HTTP", value_parser = clap::builder::FalseyValueParser::new(), conflicts_with_all = ["skip_tls_verify", "ca_file"])]
     pub(crate) plain_http: bool,
-    /// Do not verify the TLS certificate of this registry's host (its token service and any
-    /// other host are still verified). Prefer `--ca-file`.
+    /// Do not verify the TLS certificate of this registry's host. A token service on another
+    /// host is refused, since it would get the credentials unverified. Prefer `--ca-file`.
     #[arg(long, env = "KIB_REGISTRY_SKIP_TLS_VERIFY", value_parser = clap::builder::FalseyValueParser::new())]
     pub(crate) skip_tls_verify: bool,
     /// PEM file with CA certificates to trust for this registry and its token service, in
