@@ -549,20 +549,79 @@ impl<'a> Session<'a> {
         self.resolve_location(location)
     }
 
+    /// `POST`s a new upload session to `start`: its URL and whether credentials may go there,
+    /// the `Authorization` used, and whether the registry asked for basic credentials.
+    async fn start_upload(
+        &self,
+        start: reqwest::Url,
+    ) -> Result<((reqwest::Url, bool), Option<String>, bool), OciDistributionError> {
+        // Credentials only once asked for, as oci-client does (a bearer token is always
+        // sent: oci-client obtained it from the registry's challenge).
+        let mut basic = false;
+        let mut authz = self.authorization(basic).await?;
+        let res = match self
+            .send(
+                reqwest::Method::POST,
+                start.clone(),
+                authz.as_deref(),
+                None,
+                202,
+            )
+            .await
+        {
+            Err(OciDistributionError::ServerError { code: 401, .. })
+                if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
+            {
+                basic = true;
+                authz = self.authorization(basic).await?;
+                self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
+                    .await?
+            }
+            other => other?,
+        };
+        Ok((self.location(&res)?, authz, basic))
+    }
+
+    fn upload_start_url(&self) -> Result<reqwest::Url, OciDistributionError> {
+        let repo = self.repo();
+        reqwest::Url::parse(&format!(
+            "{}://{}/v2/{}/blobs/uploads/",
+            self.scheme,
+            repo.resolve_registry(),
+            repo.repository()
+        ))
+        .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))
+    }
+
+    /// A small blob in one `POST` + `PUT ?digest=`. Not oci-client's `push_blob`: that sends
+    /// the credentials to whatever host the `Location` header names, through a client that
+    /// `--skip-tls-verify` leaves unverified for every host; here credentials go to the
+    /// registry only and other hosts are verified (`registry::connect`).
+    async fn upload_blob_once(
+        &self,
+        data: &[u8],
+        digest: &str,
+    ) -> Result<(), OciDistributionError> {
+        let ((mut url, ours), authz, _) = self.start_upload(self.upload_start_url()?).await?;
+        url.query_pairs_mut().append_pair("digest", digest);
+        self.send(
+            reqwest::Method::PUT,
+            url,
+            authz.as_deref().filter(|_| ours),
+            Some(reqwest::Body::from(data.to_vec())),
+            201,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// One upload session: `POST`, one streamed `PATCH` while a producer thread writes the
     /// layer, then `PUT ?digest=`. Returns the layer's digests.
     async fn upload_layer_once(
         &self,
         reporter: Arc<dyn Reporter>,
     ) -> Result<LayerDigests, Attempt> {
-        let repo = self.repo();
-        let start = reqwest::Url::parse(&format!(
-            "{}://{}/v2/{}/blobs/uploads/",
-            self.scheme,
-            repo.resolve_registry(),
-            repo.repository()
-        ))
-        .map_err(|e| Attempt::Registry(OciDistributionError::UrlParseError(e.to_string())))?;
+        let start = self.upload_start_url().map_err(Attempt::Registry)?;
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
         let spec = self.req.layer.clone();
         let producer = tokio::task::spawn_blocking(move || {
@@ -576,31 +635,7 @@ impl<'a> Session<'a> {
             rx.recv().await.map(|item| (item, rx))
         });
         let sent = async {
-            // Credentials only once asked for, as oci-client does (a bearer token is always
-            // sent: oci-client obtained it from the registry's challenge).
-            let mut basic = false;
-            let mut authz = self.authorization(basic).await?;
-            let res = match self
-                .send(
-                    reqwest::Method::POST,
-                    start.clone(),
-                    authz.as_deref(),
-                    None,
-                    202,
-                )
-                .await
-            {
-                Err(OciDistributionError::ServerError { code: 401, .. })
-                    if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
-                {
-                    basic = true;
-                    authz = self.authorization(basic).await?;
-                    self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
-                        .await?
-                }
-                other => other?,
-            };
-            let (url, ours) = self.location(&res)?;
+            let ((url, ours), authz, basic) = self.start_upload(start).await?;
             let res = self
                 .send(
                     reqwest::Method::PATCH,
@@ -878,7 +913,7 @@ async fn push_config(
     );
     s.retry
         .run("upload config", || {
-            s.client.push_blob(s.repo(), image.config.clone(), digest)
+            s.upload_blob_once(&image.config, digest)
         })
         .await
         .map_err(|source| PublishError::BlobUpload {
