@@ -54,13 +54,15 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         kib_packager::push::PublishError,
         kib_packager::inputs::InputsError,
         kib_packager::registry::AuthError,
+        kib_packager::registry::TransportError,
         kib_packager::tags::TagError,
         kib_signer::KeyError,
         kib_conformance::direct::DirectError,
         kib_conformance::image::ImageError,
         kib_conformance::cluster::ClusterError,
     );
-    None
+    // An untrusted registry certificate, wherever a registry client met it.
+    kib_packager::registry::certificate_hint(cause)
 }
 
 pub(crate) fn render(err: &anyhow::Error) -> ExitCode {

@@ -7,7 +7,8 @@
 //!   both SHA-256s) — stored gzip by default, zstd or none as options;
 //! - [`image`]: the OCI image config and manifest (labels, annotations, KubeVirt env);
 //! - [`layout`]: `kib package`, an OCI image layout on disk;
-//! - [`registry`]: registry clients and credentials (shared with the signer);
+//! - [`registry`]: registry options and credentials (shared with the signer);
+//! - [`transport`]: the registry clients: plain HTTP, extra CA roots, per-host skipped TLS checks;
 //! - [`push`]: `kib publish`, the streaming push with HEAD checks, retries and tags;
 //! - [`tags`]: the tag scheme (git tag, Kubernetes version, short sha);
 //! - [`inputs`]: the user's inputs (qcow2, build manifest, labels, tag templates) resolved
@@ -35,5 +36,6 @@ pub mod push;
 pub mod registry;
 pub mod reporter;
 pub mod tags;
+pub mod transport;
 
 pub use reporter::{BlobKind, BlobOutcome, NullReporter, Phase, Reporter};

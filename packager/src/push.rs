@@ -144,6 +144,15 @@ pub enum PublishError {
         #[source]
         source: AuthError,
     },
+    /// The options do not allow reaching the registry this way.
+    #[error("Cannot reach the registry `{registry}` this way")]
+    Transport {
+        /// The registry.
+        registry: String,
+        /// The cause.
+        #[source]
+        source: registry::TransportError,
+    },
     /// The registry could not be reached or refused the login.
     #[error("Failed to connect to the registry `{registry}`")]
     Connect {
@@ -275,6 +284,7 @@ impl PublishError {
         match self {
             PublishError::Tag { source, .. } => return source.hint(),
             PublishError::Auth { source, .. } => return source.hint(),
+            PublishError::Transport { source, .. } => return source.hint(),
             PublishError::TagExists { .. } => {
                 return Some(
                     "immutable tags never move: tag a new release in git (`git tag`), or choose another `--tag-immutable`"
@@ -287,12 +297,15 @@ impl PublishError {
             _ => {}
         }
         let err = self.registry_error()?;
+        if let Some(h) = registry::certificate_hint(err) {
+            return Some(h);
+        }
         if is_unreachable(err) {
             let http = matches!(self, PublishError::Connect { http: true, .. });
             return Some(if http {
                 "is the registry running and listening at that address?".into()
             } else {
-                "is the registry running at that address? A plain-HTTP registry needs `--insecure`"
+                "is the registry running at that address? A plain-HTTP registry needs `--plain-http`"
                     .into()
             });
         }
@@ -353,7 +366,8 @@ pub async fn publish(
 }
 
 /// A connection to the repository: oci-client for the registry calls, plus the plain HTTP
-/// client of the streamed layer upload (the same TLS and HTTP choices).
+/// client of the streamed layer upload, both from [`registry::connect`] (the same TLS and
+/// HTTP choices, made there).
 struct Session<'a> {
     req: &'a PublishRequest,
     client: Client,
@@ -385,8 +399,14 @@ impl<'a> Session<'a> {
             registry: registry_name.clone(),
             source,
         })?;
-        let client = registry::client(repo, &req.options);
-        let http = registry::uses_http(repo, &req.options);
+        let transport = registry::connect(repo, &req.options, &auth)
+            .await
+            .map_err(|source| PublishError::Transport {
+                registry: registry_name.clone(),
+                source,
+            })?;
+        let client = transport.client.clone();
+        let http = transport.scheme == "http";
         let retry = Retry {
             policy: req.retry,
             reporter,
@@ -403,21 +423,12 @@ impl<'a> Session<'a> {
             })
             .await
             .map_err(connect_err)?;
-        // The same choices as `registry::client`: plain HTTP for loopback or `--insecure`,
-        // unverified TLS only with `--insecure`.
-        let http_client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(req.options.insecure)
-            .connect_timeout(Duration::from_secs(15))
-            .user_agent(concat!("kib/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| connect_err(OciDistributionError::RequestError(e)))?;
         Ok(Self {
             req,
             client,
             auth,
-            http: http_client,
-            scheme: if http { "http" } else { "https" },
+            http: transport.http,
+            scheme: transport.scheme,
             repository,
             retry,
         })
@@ -538,20 +549,79 @@ impl<'a> Session<'a> {
         self.resolve_location(location)
     }
 
+    /// `POST`s a new upload session to `start`: its URL and whether credentials may go there,
+    /// the `Authorization` used, and whether the registry asked for basic credentials.
+    async fn start_upload(
+        &self,
+        start: reqwest::Url,
+    ) -> Result<((reqwest::Url, bool), Option<String>, bool), OciDistributionError> {
+        // Credentials only once asked for, as oci-client does (a bearer token is always
+        // sent: oci-client obtained it from the registry's challenge).
+        let mut basic = false;
+        let mut authz = self.authorization(basic).await?;
+        let res = match self
+            .send(
+                reqwest::Method::POST,
+                start.clone(),
+                authz.as_deref(),
+                None,
+                202,
+            )
+            .await
+        {
+            Err(OciDistributionError::ServerError { code: 401, .. })
+                if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
+            {
+                basic = true;
+                authz = self.authorization(basic).await?;
+                self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
+                    .await?
+            }
+            other => other?,
+        };
+        Ok((self.location(&res)?, authz, basic))
+    }
+
+    fn upload_start_url(&self) -> Result<reqwest::Url, OciDistributionError> {
+        let repo = self.repo();
+        reqwest::Url::parse(&format!(
+            "{}://{}/v2/{}/blobs/uploads/",
+            self.scheme,
+            repo.resolve_registry(),
+            repo.repository()
+        ))
+        .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))
+    }
+
+    /// A small blob in one `POST` + `PUT ?digest=`. Not oci-client's `push_blob`: that sends
+    /// the credentials to whatever host the `Location` header names, through a client that
+    /// `--skip-tls-verify` leaves unverified for every host; here credentials go to the
+    /// registry only and other hosts are verified (`registry::connect`).
+    async fn upload_blob_once(
+        &self,
+        data: &[u8],
+        digest: &str,
+    ) -> Result<(), OciDistributionError> {
+        let ((mut url, ours), authz, _) = self.start_upload(self.upload_start_url()?).await?;
+        url.query_pairs_mut().append_pair("digest", digest);
+        self.send(
+            reqwest::Method::PUT,
+            url,
+            authz.as_deref().filter(|_| ours),
+            Some(reqwest::Body::from(data.to_vec())),
+            201,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// One upload session: `POST`, one streamed `PATCH` while a producer thread writes the
     /// layer, then `PUT ?digest=`. Returns the layer's digests.
     async fn upload_layer_once(
         &self,
         reporter: Arc<dyn Reporter>,
     ) -> Result<LayerDigests, Attempt> {
-        let repo = self.repo();
-        let start = reqwest::Url::parse(&format!(
-            "{}://{}/v2/{}/blobs/uploads/",
-            self.scheme,
-            repo.resolve_registry(),
-            repo.repository()
-        ))
-        .map_err(|e| Attempt::Registry(OciDistributionError::UrlParseError(e.to_string())))?;
+        let start = self.upload_start_url().map_err(Attempt::Registry)?;
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
         let spec = self.req.layer.clone();
         let producer = tokio::task::spawn_blocking(move || {
@@ -565,31 +635,7 @@ impl<'a> Session<'a> {
             rx.recv().await.map(|item| (item, rx))
         });
         let sent = async {
-            // Credentials only once asked for, as oci-client does (a bearer token is always
-            // sent: oci-client obtained it from the registry's challenge).
-            let mut basic = false;
-            let mut authz = self.authorization(basic).await?;
-            let res = match self
-                .send(
-                    reqwest::Method::POST,
-                    start.clone(),
-                    authz.as_deref(),
-                    None,
-                    202,
-                )
-                .await
-            {
-                Err(OciDistributionError::ServerError { code: 401, .. })
-                    if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
-                {
-                    basic = true;
-                    authz = self.authorization(basic).await?;
-                    self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
-                        .await?
-                }
-                other => other?,
-            };
-            let (url, ours) = self.location(&res)?;
+            let ((url, ours), authz, basic) = self.start_upload(start).await?;
             let res = self
                 .send(
                     reqwest::Method::PATCH,
@@ -867,7 +913,7 @@ async fn push_config(
     );
     s.retry
         .run("upload config", || {
-            s.client.push_blob(s.repo(), image.config.clone(), digest)
+            s.upload_blob_once(&image.config, digest)
         })
         .await
         .map_err(|source| PublishError::BlobUpload {

@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use base64::Engine as _;
-use oci_client::Client;
 /// Image references, re-exported for crates that do not depend on oci-client.
 pub use oci_client::Reference;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
+
+/// The clients for a registry: HTTP or HTTPS, trusted roots, skipped verification.
+pub use crate::transport::{Transport, TransportError, certificate_hint, connect};
 /// Credentials as oci-client takes them, re-exported.
 pub use oci_client::secrets::RegistryAuth as Auth;
 
@@ -59,12 +59,17 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// How to reach a registry.
+/// How to reach a registry (see [`crate::transport`] for what each choice covers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryOptions {
-    /// Allow plain HTTP (and unverified TLS) for this registry. Loopback registries
-    /// (`127.0.0.0/8`, `localhost`, `[::1]`) use HTTP without it, as docker does.
-    pub insecure: bool,
+    /// Plain HTTP for this registry. Loopback registries (`127.0.0.0/8`, `localhost`,
+    /// `[::1]`) use HTTP without it, as docker does, unless a TLS option is given; to any
+    /// other host, plain HTTP is refused with credentials.
+    pub plain_http: bool,
+    /// Skip certificate verification for this registry's host only.
+    pub skip_tls_verify: bool,
+    /// PEM certificates trusted in addition to the system's (registry and token service).
+    pub ca_file: Option<PathBuf>,
     /// User name from the command line.
     pub username: Option<String>,
     /// Password from the command line (`--password-stdin`).
@@ -84,28 +89,13 @@ pub fn is_loopback(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether requests to `reference`'s registry go over plain HTTP with these options.
+/// Whether requests to `reference`'s registry go over plain HTTP with these options:
+/// `--plain-http`, or a loopback registry without a TLS option.
 pub fn uses_http(reference: &Reference, opts: &RegistryOptions) -> bool {
-    opts.insecure || is_loopback(reference.resolve_registry())
-}
-
-/// A client for `reference`'s registry: HTTPS, except HTTP for loopback or `--insecure`;
-/// blobs are pushed as one streamed monolithic PUT (faster than chunks, see the docs).
-pub fn client(reference: &Reference, opts: &RegistryOptions) -> Client {
-    let registry = reference.resolve_registry().to_owned();
-    let protocol = if uses_http(reference, opts) {
-        ClientProtocol::HttpsExcept(vec![registry])
-    } else {
-        ClientProtocol::Https
-    };
-    Client::new(ClientConfig {
-        protocol,
-        accept_invalid_certificates: opts.insecure,
-        use_monolithic_push: true,
-        connect_timeout: Some(Duration::from_secs(15)),
-        user_agent: concat!("kib/", env!("CARGO_PKG_VERSION")),
-        ..ClientConfig::default()
-    })
+    opts.plain_http
+        || (is_loopback(reference.resolve_registry())
+            && !opts.skip_tls_verify
+            && opts.ca_file.is_none())
 }
 
 /// Finding credentials failed.
@@ -422,11 +412,16 @@ pub fn http_status(err: &oci_client::errors::OciDistributionError) -> Option<u16
 }
 
 /// Whether a registry error may go away if the request is made again: connection failures,
-/// timeouts, 408, 429 and 5xx. 401/403/404 and malformed requests are permanent.
+/// timeouts, 408, 429 and 5xx. 401/403/404, malformed requests and untrusted certificates are
+/// permanent.
 pub fn is_transient(err: &oci_client::errors::OciDistributionError) -> bool {
     use oci_client::errors::OciDistributionError as E;
     if let Some(code) = http_status(err) {
         return code == 408 || code == 429 || code >= 500;
+    }
+    // An untrusted certificate stays untrusted.
+    if crate::transport::is_certificate_error(err) {
+        return false;
     }
     match err {
         E::RequestError(e) => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
@@ -450,9 +445,9 @@ mod tests {
         assert_eq!(format!("{s:?}"), "<redacted>");
         assert_eq!(format!("{s}"), "<redacted>");
         let opts = RegistryOptions {
-            insecure: false,
             username: Some("u".into()),
             password: Some(s),
+            ..RegistryOptions::default()
         };
         assert!(!format!("{opts:?}").contains("hunter2"));
     }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kib_packager::registry::{RegistryOptions, client};
+use kib_packager::registry::{RegistryOptions, connect};
 use kib_signer::keys::{KeyError, Password, PublicKey, SigningKey, generate_key_pair};
 use kib_signer::oci_client::client::{Config, ImageLayer};
 use kib_signer::oci_client::secrets::RegistryAuth;
@@ -45,8 +45,11 @@ fn reference(s: &str) -> Reference {
     s.parse().unwrap()
 }
 
-fn client_for(r: &Reference) -> Client {
-    client(r, &RegistryOptions::default())
+async fn client_for(r: &Reference) -> Client {
+    connect(r, &RegistryOptions::default(), &AUTH)
+        .await
+        .unwrap()
+        .client
 }
 
 /// Pushes a tiny image (one small layer, a config) and returns its manifest digest.
@@ -58,6 +61,7 @@ async fn push_image(image: &Reference, content: &str) -> String {
         None,
     );
     client_for(image)
+        .await
         .push(image, &[layer], config, &AUTH, None)
         .await
         .unwrap();
@@ -150,7 +154,7 @@ async fn sign_verify_and_check_with_openssl_and_skopeo() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1.37.1"));
     let digest = push_image(&image, "node image A").await;
-    let client = client_for(&image);
+    let client = client_for(&image).await;
     let (key, public) = new_key(dir.path(), "cosign");
 
     let signed = sign_image(&client, &AUTH, &image, &key).await.unwrap();
@@ -251,7 +255,7 @@ async fn sbom_attestation_is_cosign_format_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1"));
     let digest = push_image(&image, "node image").await;
-    let client = client_for(&image);
+    let client = client_for(&image).await;
     let (key, public) = new_key(dir.path(), "cosign");
     let sbom = br#"{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"kib-node","packages":[{"name":"kubelet","versionInfo":"1.37.1"}]}"#;
     let spdx = payload::predicate_type_uri("spdxjson").unwrap();
@@ -366,7 +370,7 @@ async fn every_tamper_case_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1"));
     let digest_a = push_image(&image, "image A").await;
-    let client = client_for(&image);
+    let client = client_for(&image).await;
     let (key, public) = new_key(dir.path(), "cosign");
     sign_image(&client, &AUTH, &image, &key).await.unwrap();
     assert!(

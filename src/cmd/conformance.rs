@@ -166,8 +166,12 @@ pub(crate) struct Args {
     /// Work directory (overlay, keys, console log); default a new directory under /tmp.
     #[arg(long, value_name = "DIR")]
     work_dir: Option<PathBuf>,
-    /// Skip TLS verification when pulling a registry image.
+    /// Skip TLS certificate verification of the registry when pulling a registry image
+    /// (skopeo `--src-tls-verify=false`).
     #[arg(long)]
+    skip_tls_verify: bool,
+    /// Removed: use `--skip-tls-verify`.
+    #[arg(long, hide = true)]
     insecure: bool,
     /// Cluster profile: reuse this management cluster instead of creating a kind cluster.
     #[arg(long, value_name = "FILE")]
@@ -227,6 +231,10 @@ fn agent_keys() -> anyhow::Result<Vec<String>> {
 
 impl Args {
     pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+        anyhow::ensure!(
+            !self.insecure,
+            "`kib conformance --insecure` was renamed: use `--skip-tls-verify` (it skips the registry's certificate check when pulling the image)"
+        );
         let progress = Progress {
             quiet: global.quiet,
         };
@@ -318,7 +326,13 @@ impl Args {
         opts.watchdog_fire = self.watchdog_fire;
         opts.keep = self.keep;
         opts.check_scripts = self.check_scripts.clone();
-        opts.tls_verify = !self.insecure;
+        if self.skip_tls_verify {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "warning: --skip-tls-verify: the registry's certificate is not checked when pulling the image"
+            );
+        }
+        opts.tls_verify = !self.skip_tls_verify;
         // The renderer prints the `DirectError`'s hint (once) from the chain.
         let run = direct::run(opts, progress)
             .await

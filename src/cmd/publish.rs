@@ -192,8 +192,10 @@ impl Args {
                     .reference
                     .parse()
                     .with_context(|| format!("`{}` is not an image reference", pushed.reference))?;
-                let client = kib_packager::registry::client(&image, &req.options);
                 let auth = kib_packager::registry::auth(&image, &req.options)?;
+                let client = kib_packager::registry::connect(&image, &req.options, &auth)
+                    .await?
+                    .client;
                 let failed = || {
                     format!(
                         "Pushed `{}` but failed to sign or attest it, so no tag was set; run the same `kib publish` again (nothing is uploaded twice)",

@@ -52,8 +52,8 @@ impl Args {
             .transpose()?;
         let key = load_key(&self.key).await?;
         let opts = self.registry.options()?;
-        let client = registry::client(&image, &opts);
         let auth = registry::auth(&image, &opts)?;
+        let client = registry::connect(&image, &opts, &auth).await?.client;
         let (signed, attested) =
             sign_and_attest(&client, &auth, &image, &key, attestation.as_ref()).await?;
         let mut out = std::io::stdout().lock();

@@ -48,8 +48,8 @@ impl Args {
             None => None,
         };
         let opts = self.registry.options()?;
-        let client = registry::client(&image, &opts);
         let auth = registry::auth(&image, &opts)?;
+        let client = registry::connect(&image, &opts, &auth).await?.client;
         // One resolution: signatures and attestations are checked for the same digest.
         let digest = kib_signer::resolve_digest(&client, &auth, &image).await?;
         let signatures =

@@ -1,6 +1,6 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (distribution 2.8) on a random
 //! `127.0.0.1` port, with filesystem storage in a temporary directory and deletes enabled,
-//! optionally behind htpasswd basic auth. The process is killed by [`Registry::stop`] or on
+//! optionally behind htpasswd basic auth or serving HTTPS with a given certificate. The process is killed by [`Registry::stop`] or on
 //! drop; [`Registry::restart`] starts it again on the same port and storage.
 //!
 //! ```no_run
@@ -97,20 +97,42 @@ pub struct Registry {
     addr: SocketAddr,
     child: Option<Child>,
     auth: Option<(String, String)>,
+    tls: bool,
 }
 
 impl Registry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<Self, RegistryError> {
-        Self::launch(None)
+        Self::launch(None, None, None)
+    }
+
+    /// Starts an anonymous registry that serves HTTPS with this PEM certificate and key
+    /// (`http.tls` in distribution's config); the certificate must name `127.0.0.1`.
+    pub fn start_tls(certificate: &Path, key: &Path) -> Result<Self, RegistryError> {
+        Self::launch(None, Some((certificate, key)), None)
+    }
+
+    /// Like [`Registry::start_tls`], but every request needs a bearer token from `realm`
+    /// (`auth.token` in distribution's config; `{addr}` in `realm` becomes the registry's own
+    /// `127.0.0.1:PORT`). No token service runs: `/v2/` answers 401 with the challenge.
+    pub fn start_tls_with_token_realm(
+        certificate: &Path,
+        key: &Path,
+        realm: &str,
+    ) -> Result<Self, RegistryError> {
+        Self::launch(None, Some((certificate, key)), Some(realm))
     }
 
     /// Starts a registry that requires basic auth (`user`, `password`).
     pub fn start_with_auth(user: &str, password: &str) -> Result<Self, RegistryError> {
-        Self::launch(Some((user.to_owned(), password.to_owned())))
+        Self::launch(Some((user.to_owned(), password.to_owned())), None, None)
     }
 
-    fn launch(auth: Option<(String, String)>) -> Result<Self, RegistryError> {
+    fn launch(
+        auth: Option<(String, String)>,
+        tls: Option<(&Path, &Path)>,
+        token_realm: Option<&str>,
+    ) -> Result<Self, RegistryError> {
         require(DOCKER_REGISTRY, "docker-registry")?;
         let prep = |source| RegistryError::Prepare { source };
         let dir = tempfile::Builder::new()
@@ -124,6 +146,20 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n",
             data.display()
         );
+        if let Some((certificate, key)) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                certificate.display(),
+                key.display()
+            ));
+        }
+        if let (Some(realm), Some((certificate, _))) = (token_realm, tls) {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: kib-test\n    issuer: kib-test\n    rootcertbundle: {}\n",
+                realm.replace("{addr}", &addr.to_string()),
+                certificate.display()
+            ));
+        }
         if let Some((user, password)) = &auth {
             let htpasswd = require("htpasswd", "apache2-utils")?;
             let out = Command::new(htpasswd)
@@ -148,6 +184,7 @@ impl Registry {
             addr,
             child: None,
             auth,
+            tls: tls.is_some(),
         };
         registry.restart()?;
         Ok(registry)
@@ -176,7 +213,7 @@ impl Registry {
         let waited = Duration::from_secs(20);
         let deadline = Instant::now() + waited;
         while Instant::now() < deadline {
-            if v2_answers(self.addr) {
+            if v2_answers(self.addr, self.tls) {
                 return Ok(());
             }
             if let Some(child) = &mut self.child
@@ -241,8 +278,9 @@ impl Drop for Registry {
     }
 }
 
-/// Whether `GET /v2/` answers 200 or 401.
-fn v2_answers(addr: SocketAddr) -> bool {
+/// Whether `GET /v2/` answers 200 or 401; over TLS, whether plain HTTP gets Go's `400` for
+/// "an HTTP request to an HTTPS server" (the listener is up).
+fn v2_answers(addr: SocketAddr, tls: bool) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
@@ -253,7 +291,8 @@ fn v2_answers(addr: SocketAddr) -> bool {
         return false;
     }
     let mut head = [0u8; 12];
-    s.read_exact(&mut head).is_ok() && (head.ends_with(b"200") || head.ends_with(b"401"))
+    s.read_exact(&mut head).is_ok()
+        && (head.ends_with(b"200") || head.ends_with(b"401") || (tls && head.ends_with(b"400")))
 }
 
 fn free_port() -> std::io::Result<SocketAddr> {
@@ -268,4 +307,85 @@ pub fn blob_data_path(storage: &Path, digest: &str) -> PathBuf {
         .join(&hex[..2.min(hex.len())])
         .join(hex)
         .join("data")
+}
+
+/// A throw-away CA and a server certificate for `127.0.0.1` it signed, made by `openssl`.
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    /// The CA certificate (PEM): what a client trusts.
+    pub ca: PathBuf,
+    /// The server certificate (PEM), `subjectAltName = IP:127.0.0.1`.
+    pub certificate: PathBuf,
+    /// The server key (PEM).
+    pub key: PathBuf,
+}
+
+impl TestTls {
+    /// Writes `ca.pem`, `server.pem` and `server.key` into `dir` (P-256 keys, valid 2 days).
+    /// Panics if `openssl` fails (tests only).
+    pub fn create(dir: &Path) -> Self {
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl (Debian package `openssl`)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=kib test CA"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&csr);
+        fs_err::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        Self {
+            ca: dir.join("ca.pem"),
+            certificate: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
 }

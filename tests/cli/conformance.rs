@@ -270,3 +270,12 @@ fn a_kubernetes_manifest_on_an_image_without_kubeadm_fails() {
     }
     assert_eq!(report["passed"], false, "{ctx}");
 }
+
+#[test]
+fn the_removed_insecure_flag_names_skip_tls_verify() {
+    let out = kib(&["--insecure", "registry.example/kib/node:v1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--skip-tls-verify"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no report without a run");
+}

@@ -8,6 +8,7 @@ mod common;
 mod conformance;
 mod cosign;
 mod publish;
+mod registry_tls;
 mod release;
 mod rocky;
 mod sign;

@@ -14,9 +14,16 @@ use kib_signer::oci_client::{Client, Reference};
 /// Pushes a tiny one-layer image with oci-client and returns its digest.
 fn push_image(image: &str, content: &str) -> String {
     let reference: Reference = image.parse().unwrap();
-    let client = kib_packager::registry::client(&reference, &Default::default());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
+        let client = kib_packager::registry::connect(
+            &reference,
+            &Default::default(),
+            &RegistryAuth::Anonymous,
+        )
+        .await
+        .unwrap()
+        .client;
         let layer = ImageLayer::oci_v1(content.as_bytes().to_vec(), None);
         let config = Config::oci_v1(
             format!(
