@@ -13,6 +13,7 @@
 //! computed, so nothing is read twice; only a verified file is renamed to its final name.
 //! Local images (a path instead of a URL) are verified in place and never copied.
 
+use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -162,9 +163,9 @@ pub enum CacheError {
     },
 }
 
-impl CacheError {
+impl Hint for CacheError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             CacheError::Refused { source, .. } => source.hint(),
             CacheError::NoChecksum { .. } => Some(

@@ -13,6 +13,7 @@
 //! PGP clear-signed files (`-----BEGIN PGP SIGNED MESSAGE-----`) are read too; the signature is
 //! not checked.
 
+use kib_manifest::Hint;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -77,9 +78,9 @@ fn list_names(names: &[String]) -> String {
     }
 }
 
-impl ChecksumError {
+impl Hint for ChecksumError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ChecksumError::Parse(e) => e.hint(),
             ChecksumError::BadSource { .. } => Some(

@@ -47,6 +47,7 @@
 //! and resolve against that folder too (the build does it). Paths given as [`Overrides`] are
 //! relative to the current directory and are made absolute by [`Config::apply`].
 
+use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -116,9 +117,9 @@ fn at(line: Option<usize>, key: Option<&str>) -> String {
     }
 }
 
-impl ConfigError {
+impl Hint for ConfigError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ConfigError::Invalid { source, .. } => source.hint(),
             ConfigError::Parse { source, .. } if source.message().contains("unknown field") => Some(
@@ -210,9 +211,9 @@ impl From<kib_manifest::UnknownChoice> for ValueError {
     }
 }
 
-impl ValueError {
+impl Hint for ValueError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ValueError::UserName { value } if RESERVED_USERS.contains(&value.as_str()) => Some(
                 "the build user is deleted at the end of the build; pick a dedicated name such as `kib-build`"

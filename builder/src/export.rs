@@ -12,6 +12,7 @@
 //! `qemu-img info` (it must have no backing file), hashed, and only then renamed, together with
 //! `<file>.sha256` (GNU `sha256sum` format). A failure leaves nothing under the final names.
 
+use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
@@ -88,9 +89,9 @@ pub struct ToolFailed {
     pub stderr: String,
 }
 
-impl ExportError {
+impl Hint for ExportError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ExportError::QemuImgMissing(_) => Some(
                 "install qemu-img (Debian/Ubuntu: `apt install qemu-utils`; Fedora/RHEL: `dnf install qemu-img`), \

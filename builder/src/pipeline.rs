@@ -4,6 +4,7 @@
 //! guards, so every exit path — success, error, or the `cancel` future firing on Ctrl-C —
 //! stops QEMU, removes the work dir and leaves nothing under the final output name.
 
+use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -149,21 +150,34 @@ fn console_tail(lines: &[String]) -> String {
     s
 }
 
-impl BuildError {
+impl Hint for BuildError {
     /// A suggestion for the user, where the cause has a usual fix.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
-            BuildError::SshTimeout { silent_console: true, .. } => Some(
-                "the guest printed nothing on its console: this accelerator may not boot a stock kernel here; try `--accel tcg`"
-                    .to_owned(),
-            ),
-            BuildError::SshTimeout { .. } => Some(
-                "raise `--boot-timeout`, or use `--on-error=abort` to keep the VM running and look at it".to_owned(),
-            ),
+            BuildError::SshTimeout {
+                silent_console,
+                source,
+                ..
+            } => {
+                let own = if *silent_console {
+                    "the guest printed nothing on its console: this accelerator may not boot a stock kernel here; try `--accel tcg`"
+                } else {
+                    "raise `--boot-timeout`, or use `--on-error=abort` to keep the VM running and look at it"
+                };
+                // SSH's own hint carries the last attempt's error: one more line.
+                Some(match source.hint() {
+                    Some(ssh) => format!("{own}\n{ssh}"),
+                    None => own.to_owned(),
+                })
+            }
             BuildError::Fetch(e) => e.hint(),
-            BuildError::Start(e) => e.hint(),
+            BuildError::Key(e) | BuildError::Finish(e) => e.hint(),
+            BuildError::Start(e)
+            | BuildError::VmExited { source: e, .. }
+            | BuildError::PowerOff(e) => e.hint(),
             BuildError::Provision(e) => e.hint(),
             BuildError::Export(e) => e.hint(),
+            BuildError::Manifest(e) => e.hint(),
             _ => None,
         }
     }

@@ -23,6 +23,7 @@
 //! A reboot is what Packer (`expect_disconnect`, `windows-restart`) and image-builder do
 //! between a package upgrade and the steps that need the new kernel running.
 
+use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -172,9 +173,9 @@ pub enum ProvisionError {
     },
 }
 
-impl ProvisionError {
+impl Hint for ProvisionError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ProvisionError::Step { source, .. } => source.hint(),
         }
@@ -305,9 +306,9 @@ pub enum StepError {
     },
 }
 
-impl StepError {
+impl Hint for StepError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             StepError::AnsibleNotFound { .. } => Some(
                 "install Ansible with `pip install ansible-core` (or run `sudo scripts/setup-host.sh`)".to_owned(),
@@ -320,10 +321,18 @@ impl StepError {
             {
                 Some("the build user needs passwordless sudo, or set `sudo = false` on the provisioner".to_owned())
             }
-            StepError::ShellExec { source, .. } | StepError::Upload { source, .. } => source.hint(),
-            StepError::RebootTimeout { .. } => Some(
-                "raise `--boot-timeout`, or use `--on-error=abort` and look at the VM's console".to_owned(),
-            ),
+            StepError::ShellExec { source, .. }
+            | StepError::Upload { source, .. }
+            | StepError::BootId(source)
+            | StepError::Reconnect(source) => source.hint(),
+            StepError::RebootTimeout { source, .. } => {
+                let own = "raise `--boot-timeout`, or use `--on-error=abort` and look at the VM's console";
+                // SSH's own hint carries the last attempt's error: one more line.
+                Some(match source.as_ref().and_then(Hint::hint) {
+                    Some(ssh) => format!("{own}\n{ssh}"),
+                    None => own.to_owned(),
+                })
+            }
             _ => None,
         }
     }
@@ -759,7 +768,7 @@ async fn run_reboot(ctx: &ProvisionContext<'_>, session: &mut Session) -> Result
         }
         Ok(_) => {}
         Err(e) => {
-            debug!(error = %kib_vm::error_chain(&e), "the connection dropped under the reboot")
+            debug!(error = %kib_manifest::error_chain(&e), "the connection dropped under the reboot")
         }
     }
     ctx.reporter

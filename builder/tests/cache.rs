@@ -1,6 +1,7 @@
 //! The base image cache against a real HTTP server (`python3 -m http.server` on 127.0.0.1)
 //! serving a real qcow2 image and BSD and GNU CHECKSUM files.
 
+use kib_manifest::Hint as _;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,6 +6,7 @@
 // The tests report their timings on stderr (seen with `--nocapture`).
 #![allow(clippy::print_stderr)]
 
+use kib_manifest::Hint as _;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

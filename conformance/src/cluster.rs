@@ -11,6 +11,7 @@
 //! 8 GiB of RAM and 4 CPUs; `/dev/kvm` is optional ([`ClusterSpec::use_emulation`] switches
 //! KubeVirt to TCG when it is missing).
 
+use kib_manifest::Hint;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -725,9 +726,9 @@ pub enum ClusterError {
     },
 }
 
-impl ClusterError {
+impl Hint for ClusterError {
     /// A suggestion.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Spawn { program, .. } => Some(format!(
                 "the cluster profile needs `{program}` on PATH (and docker or podman, internet access): see conformance/README.md"
@@ -891,7 +892,7 @@ pub async fn run(
                 .hint()
                 .map(|h| format!(" (hint: {h})"))
                 .unwrap_or_default();
-            let why = format!("{}{hint}", kib_vm::error_chain(&e));
+            let why = format!("{}{hint}", kib_manifest::error_chain(&e));
             if step.check {
                 reported_failure = true;
                 let r = CheckResult::fail(why.clone());

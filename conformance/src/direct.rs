@@ -5,6 +5,7 @@
 //! virtio disk, the i6300esb watchdog, the `org.qemu.guest_agent.0` channel, and CABPK-shaped
 //! user data (see [`crate::userdata`]) on a ConfigDrive (`config-2`), as CAPK attaches it.
 
+use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -178,9 +179,9 @@ pub enum DirectError {
     },
 }
 
-impl DirectError {
+impl Hint for DirectError {
     /// A suggestion, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Image { source, .. } => source.hint(),
             Self::Refused { source, .. } => source.hint(),

@@ -2,6 +2,7 @@
 //! a host file, or a qcow2 whose backing file is one, is refused before any VM starts (issue
 //! #16). Images made here by `qemu-img` (qemu-utils).
 
+use kib_manifest::Hint as _;
 use std::path::Path;
 use std::process::Command;
 

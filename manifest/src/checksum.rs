@@ -1,6 +1,7 @@
 //! [`Checksum`]: a SHA-256 digest written `sha256:HEX`, and [`sha256_file`], the one helper
 //! that hashes a file.
 
+use crate::Hint;
 use std::fmt;
 use std::str::FromStr;
 
@@ -34,9 +35,9 @@ pub enum ChecksumParseError {
     },
 }
 
-impl ChecksumParseError {
+impl Hint for ChecksumParseError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ChecksumParseError::MissingAlgorithm { .. } => Some(
                 "pass `--base-checksum sha256:HEX`, `file:https://…/CHECKSUM` or `file:PATH`"

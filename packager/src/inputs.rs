@@ -2,6 +2,7 @@
 //! (or given), the labels, and the tags from the git checkout. `kib package` and `kib publish`
 //! both call [`ImageInputs::resolve`]; the binary only turns its flags into [`ImageInputs`].
 
+use kib_manifest::Hint;
 use std::path::PathBuf;
 
 use kib_manifest::{BuildManifest, ManifestReadError};
@@ -105,9 +106,9 @@ pub enum InputsError {
     Git(#[from] GitError),
 }
 
-impl InputsError {
+impl Hint for InputsError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             InputsError::Refused { source, .. } => source.hint(),
             InputsError::NotQcow2 { path } => Some(format!(

@@ -25,6 +25,7 @@
 //! streams again; the registry checks the digest, so a retried upload can never store a corrupt
 //! blob. Permanent errors (401/403/404, bad names) stop at once.
 
+use kib_manifest::Hint;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -269,9 +270,11 @@ impl PublishError {
             _ => None,
         }
     }
+}
 
+impl Hint for PublishError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             PublishError::Tag { source, .. } => return source.hint(),
             PublishError::Auth { source, .. } => return source.hint(),

@@ -6,6 +6,7 @@
 //! (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, with `credHelpers` and
 //! `credsStore`), and else anonymous. Passwords live in [`Secret`], which never formats.
 
+use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -159,9 +160,9 @@ pub enum AuthError {
     },
 }
 
-impl AuthError {
+impl Hint for AuthError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             AuthError::Incomplete { .. } => Some(format!(
                 "pass both `--username` and `--password-stdin`, or set both `{ENV_USERNAME}` and `{ENV_PASSWORD}`"

@@ -5,6 +5,7 @@
 //! (`v1.37.1`) and `<k8s-minor>` (`v1.37`). Templates use `{git_tag}`, `{k8s_version}`,
 //! `{k8s_minor}` and `{short_sha}`.
 
+use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -85,9 +86,9 @@ pub enum TagError {
     },
 }
 
-impl TagError {
+impl Hint for TagError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             TagError::MissingVariable {
                 variable: "k8s_version" | "k8s_minor",

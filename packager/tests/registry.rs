@@ -5,6 +5,7 @@
 
 mod common;
 
+use kib_manifest::Hint as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

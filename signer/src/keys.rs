@@ -19,6 +19,7 @@
 //! The password comes from [`PASSWORD_ENV`] (`COSIGN_PASSWORD`, as for cosign) or from a
 //! prompt the CLI draws; it lives in a [`Password`], which never formats.
 
+use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -174,9 +175,9 @@ pub enum KeyError {
     Encrypt(#[source] KeyFormatError),
 }
 
-impl KeyError {
+impl Hint for KeyError {
     /// A suggestion for errors with an obvious fix.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Decrypt { .. } => Some(format!(
                 "check the password in `{PASSWORD_ENV}` (it may be empty, but must be set when there is no terminal)"

@@ -1,6 +1,7 @@
 //! cosign key files made by cosign itself (see `tests/data/README.md`) are decrypted and
 //! used; kib's own keys round-trip; the wrong password is refused.
 
+use kib_manifest::Hint as _;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -18,6 +18,7 @@ use kib_signer::oci_client::Reference;
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::registry_args::RegistryArgs;
 use crate::common::signing::{Attestation, load_key, sign_and_attest};
+use crate::error_render::HintExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -53,7 +54,7 @@ impl Args {
         let key = load_key(&self.key).await?;
         let opts = self.registry.options()?;
         let client = registry::client(&image, &opts);
-        let auth = registry::auth(&image, &opts)?;
+        let auth = registry::auth(&image, &opts).hinted()?;
         let (signed, attested) =
             sign_and_attest(&client, &auth, &image, &key, attestation.as_ref()).await?;
         let mut out = std::io::stdout().lock();

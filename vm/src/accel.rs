@@ -6,6 +6,7 @@
 //! [`AccelChoice::reason`], which the caller should show loudly (TCG is ~10x slower).
 //! The probed paths live in [`HostProbe`] so tests (and odd hosts) can point elsewhere.
 
+use kib_manifest::Hint;
 use std::path::PathBuf;
 
 /// What the user asked for (`kib.toml`'s `vm.accel`, `--accel`).
@@ -105,9 +106,9 @@ pub enum AccelError {
     },
 }
 
-impl AccelError {
+impl Hint for AccelError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             AccelError::KvmUnavailable { path, source }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>

@@ -16,6 +16,7 @@
 //! extensions (type, length, data padded to 8 bytes) up to the end marker (type 0).
 //! The other magics refused are those QEMU's format drivers probe for (`block/*.c`).
 
+use kib_manifest::Hint;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
@@ -107,9 +108,9 @@ pub enum DiskImageError {
     },
 }
 
-impl DiskImageError {
+impl Hint for DiskImageError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             DiskImageError::UnsupportedFormat { .. } => Some(
                 "convert it into a self-contained qcow2 first (`qemu-img convert -f <format> -O qcow2 in out.qcow2`), after checking which files it names".to_owned(),

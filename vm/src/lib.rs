@@ -23,6 +23,7 @@ pub mod qmp;
 pub mod seed;
 pub mod ssh;
 
+use kib_manifest::Hint;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -267,9 +268,9 @@ pub enum VmError {
     },
 }
 
-impl VmError {
+impl Hint for VmError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             VmError::Accel(e) => e.hint(),
             VmError::EarlyExit { stderr, .. } if stderr.contains("kvm") || stderr.contains("KVM") => {
@@ -279,7 +280,8 @@ impl VmError {
                 "install QEMU (`apt-get install qemu-system-x86`, `dnf install qemu-kvm`) or point kib at `{}`",
                 binary.display()
             )),
-            VmError::GuestAgent { source, .. } => source.hint(),
+            VmError::GuestAgent { source, .. } | VmError::Qmp { source, .. } => source.hint(),
+            VmError::NotReady { source, .. } => source.as_ref().and_then(Hint::hint),
             VmError::PowerOffForced { .. } => Some(
                 "the guest ignored the ACPI power button: check that it handles it (systemd-logind or acpid) and that it is not stuck at boot (see the serial log)"
                     .to_owned(),
@@ -391,19 +393,6 @@ pub fn scrub_secrets(cmd: &mut tokio::process::Command) -> &mut tokio::process::
         cmd.env_remove(name);
     }
     cmd
-}
-
-/// An error and its sources on one line, `: `-separated (what anyhow's `{:#}` prints): the one
-/// formatter the libraries use where a cause goes into a message or a report.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// What a guest console printed, as plain text: terminal escape sequences (CSI such as colours

@@ -702,6 +702,7 @@ fn find_program(program: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::seed::{NoCloud, Seed};
+    use kib_manifest::Hint as _;
 
     fn plan(accel: Accel) -> LaunchPlan {
         LaunchPlan {

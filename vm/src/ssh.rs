@@ -19,6 +19,7 @@
 //! end-of-file of their input, and [`Session::upload`] writes to a temporary file that only
 //! replaces the destination once its size is checked.
 
+use kib_manifest::Hint;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -451,9 +452,9 @@ pub enum SshError {
     },
 }
 
-impl SshError {
+impl Hint for SshError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             SshError::Timeout { last_error, .. } => Some(match last_error {
                 Some(e) => format!(
@@ -688,7 +689,7 @@ pub async fn wait_for_ssh(
     })
 }
 
-use crate::error_chain;
+use kib_manifest::error_chain;
 
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
