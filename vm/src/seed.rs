@@ -534,8 +534,14 @@ mod tests {
         // util-linux's blkid is what cloud-init's ds-identify uses to find the seed.
         let dir = tempfile::tempdir().unwrap();
         for (seed, fs) in [
-            (Seed::from(NoCloud::new("i", "h", "#cloud-config\n")), "vfat"),
-            (Seed::from(ConfigDrive::new("h", "#cloud-config\n")), "iso9660"),
+            (
+                Seed::from(NoCloud::new("i", "h", "#cloud-config\n")),
+                "vfat",
+            ),
+            (
+                Seed::from(ConfigDrive::new("h", "#cloud-config\n")),
+                "iso9660",
+            ),
         ] {
             let path = dir.path().join("seed.img");
             seed.write_image(&path).unwrap();
