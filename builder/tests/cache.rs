@@ -1,7 +1,7 @@
 //! The base image cache against a real HTTP server (`python3 -m http.server` on 127.0.0.1)
 //! serving a real qcow2 image and BSD and GNU CHECKSUM files.
 
-use kib_manifest::Hint as _;
+use kib_manifest::{Hint as _, error_chain as chain};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -155,16 +155,6 @@ fn fixture() -> Fixture {
         bytes,
         _dir: dir,
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(&format!(" / {s}"));
-        source = s.source();
-    }
-    text
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use kib_manifest::Hint as _;
+use kib_manifest::{Hint as _, error_chain};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -418,17 +418,6 @@ fn raw_manifest(host: &str, tag: &str) -> serde_json::Value {
         &format!("docker://{host}/kib/node:{tag}"),
     ]))
     .unwrap()
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(" / ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[test]
