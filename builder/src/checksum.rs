@@ -13,10 +13,11 @@
 //! PGP clear-signed files (`-----BEGIN PGP SIGNED MESSAGE-----`) are read too; the signature is
 //! not checked.
 
-use kib_manifest::Hint;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use kib_manifest::Hint;
 
 pub use kib_manifest::{Checksum, ChecksumParseError, sha256_file};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -158,7 +159,7 @@ impl fmt::Display for ChecksumSource {
         match self {
             ChecksumSource::Value(c) => c.fmt(f),
             ChecksumSource::File(ChecksumFile::Url(url)) => {
-                write!(f, "file:{}", crate::cache::RedactedUrl(url))
+                write!(f, "file:{}", crate::redact::RedactedUrl(url))
             }
             ChecksumSource::File(ChecksumFile::Path(path)) => write!(f, "file:{}", path.display()),
         }
