@@ -47,13 +47,13 @@
 //! and resolve against that folder too (the build does it). Paths given as [`Overrides`] are
 //! relative to the current directory and are made absolute by [`Config::apply`].
 
-use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use kib_manifest::Hint;
 use serde::{Deserialize, Serialize};
 
 pub use kib_manifest::{Compression, ImageFormat};

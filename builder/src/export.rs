@@ -12,9 +12,10 @@
 //! `qemu-img info` (it must have no backing file), hashed, and only then renamed, together with
 //! `<file>.sha256` (GNU `sha256sum` format). A failure leaves nothing under the final names.
 
-use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+
+use kib_manifest::Hint;
 
 use crate::checksum::{Checksum, sha256_file};
 use crate::config::{Compression, ImageFormat};

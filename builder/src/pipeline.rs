@@ -4,11 +4,12 @@
 //! guards, so every exit path — success, error, or the `cancel` future firing on Ctrl-C —
 //! stops QEMU, removes the work dir and leaves nothing under the final output name.
 
-use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use kib_manifest::Hint;
 
 use crate::cache::{BaseImage, CacheError, ResolvedImage};
 use crate::config::Config;

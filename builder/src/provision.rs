@@ -23,7 +23,6 @@
 //! A reboot is what Packer (`expect_disconnect`, `windows-restart`) and image-builder do
 //! between a package upgrade and the steps that need the new kernel running.
 
-use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -31,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use kib_manifest::Hint;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tracing::{debug, info};

@@ -1,7 +1,6 @@
 //! The base image cache against a real HTTP server (`python3 -m http.server` on 127.0.0.1)
 //! serving a real qcow2 image and BSD and GNU CHECKSUM files.
 
-use kib_manifest::{Hint as _, error_chain as chain};
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +9,7 @@ use std::sync::Mutex;
 use kib_builder::Reporter;
 use kib_builder::cache::{BaseImage, CacheError};
 use kib_builder::checksum::{Checksum, ChecksumSource};
+use kib_manifest::{Hint as _, error_chain as chain};
 use kib_test_infra::tools::{files_in, run_tool, sha256sum};
 
 const IMAGE: &str = "Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";

@@ -6,7 +6,6 @@
 // The tests report their timings on stderr (seen with `--nocapture`).
 #![allow(clippy::print_stderr)]
 
-use kib_manifest::Hint as _;
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use kib_builder::provision::{
     AnsibleProvisioner, FileProvisioner, ProvisionContext, ProvisionError, Provisioner,
     ShellProvisioner, StepError, run_all,
 };
+use kib_manifest::Hint as _;
 use kib_vm::ssh::{
     ExitStatus, KeyPair, Session, SshError, SshOptions, Stream, UploadSource, connect, wait_for_ssh,
 };

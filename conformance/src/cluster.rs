@@ -11,10 +11,10 @@
 //! 8 GiB of RAM and 4 CPUs; `/dev/kvm` is optional ([`ClusterSpec::use_emulation`] switches
 //! KubeVirt to TCG when it is missing).
 
-use kib_manifest::Hint;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use kib_manifest::Hint;
 use kib_vm::Firmware;
 use serde_json::{Value, json};
 

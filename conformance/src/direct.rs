@@ -5,11 +5,10 @@
 //! virtio disk, the i6300esb watchdog, the `org.qemu.guest_agent.0` channel, and CABPK-shaped
 //! user data (see [`crate::userdata`]) on a ConfigDrive (`config-2`), as CAPK attaches it.
 
-use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kib_manifest::ManifestReadError;
+use kib_manifest::{Hint, ManifestReadError};
 use kib_vm::seed::{ConfigDrive, Seed};
 use kib_vm::{AccelRequest, Firmware, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
 

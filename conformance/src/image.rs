@@ -5,10 +5,10 @@
 //!
 //! Registry references are copied into a temporary OCI layout with `skopeo copy` first.
 
-use kib_manifest::Hint;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use kib_manifest::Hint;
 use oci_spec::image::{Digest, ImageIndex, ImageManifest};
 use serde::Deserialize;
 

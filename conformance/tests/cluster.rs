@@ -3,10 +3,10 @@
 //! clusterctl (see README.md); run by name:
 //! `KIB_CONFORMANCE_IMAGE=… KIB_CONFORMANCE_K8S=… cargo test -p kib-conformance -- --ignored cluster`.
 
-use kib_manifest::Hint as _;
 use std::time::Duration;
 
 use kib_conformance::cluster::{ClusterSpec, plan, run_step, teardown};
+use kib_manifest::Hint as _;
 
 #[tokio::test]
 #[ignore = "needs internet: kind, KubeVirt, CDI, Cluster API and CAPK releases plus the image's registry"]

@@ -2,11 +2,11 @@
 //! a host file, or a qcow2 whose backing file is one, is refused before any VM starts (issue
 //! #16). Images made here by `qemu-img` (qemu-utils).
 
-use kib_manifest::Hint as _;
 use std::path::Path;
 use std::process::Command;
 
 use kib_conformance::direct::{DirectError, create_overlay, image_info};
+use kib_manifest::Hint as _;
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();

@@ -1,11 +1,12 @@
 //! [`Checksum`]: a SHA-256 digest written `sha256:HEX`, and [`sha256_file`], the one helper
 //! that hashes a file.
 
-use crate::Hint;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::Hint;
 
 /// The length of a SHA-256 digest in hex digits.
 const SHA256_HEX_LEN: usize = 64;

@@ -2,10 +2,9 @@
 //! (or given), the labels, and the tags from the git checkout. `kib package` and `kib publish`
 //! both call [`ImageInputs::resolve`]; the binary only turns its flags into [`ImageInputs`].
 
-use kib_manifest::Hint;
 use std::path::PathBuf;
 
-use kib_manifest::{BuildManifest, ManifestReadError};
+use kib_manifest::{BuildManifest, Hint, ManifestReadError};
 
 use crate::build_info::{self, BuildInfo};
 use crate::image::ImageMetadata;

@@ -25,11 +25,11 @@
 //! streams again; the registry checks the digest, so a retried upload can never store a corrupt
 //! blob. Permanent errors (401/403/404, bad names) stop at once.
 
-use kib_manifest::Hint;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kib_manifest::Hint;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};

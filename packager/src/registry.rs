@@ -6,7 +6,6 @@
 //! (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, with `credHelpers` and
 //! `credsStore`), and else anonymous. Passwords live in [`Secret`], which never formats.
 
-use kib_manifest::Hint;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -14,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
+use kib_manifest::Hint;
 use oci_client::Client;
 /// Image references, re-exported for crates that do not depend on oci-client.
 pub use oci_client::Reference;

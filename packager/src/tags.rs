@@ -5,9 +5,10 @@
 //! (`v1.37.1`) and `<k8s-minor>` (`v1.37`). Templates use `{git_tag}`, `{k8s_version}`,
 //! `{k8s_minor}` and `{short_sha}`.
 
-use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use kib_manifest::Hint;
 
 /// What the templates can refer to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,13 +5,13 @@
 
 mod common;
 
-use kib_manifest::{Hint as _, error_chain};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use kib_manifest::{Hint as _, error_chain};
 use kib_packager::image::ImageMetadata;
 use kib_packager::layer::LayerCache;
 use kib_packager::layer::{Compression, LayerSpec};

@@ -19,12 +19,12 @@
 //! The password comes from [`PASSWORD_ENV`] (`COSIGN_PASSWORD`, as for cosign) or from a
 //! prompt the CLI draws; it lives in a [`Password`], which never formats.
 
-use kib_manifest::Hint;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use crypto_secretbox::aead::{Aead as _, KeyInit as _};
+use kib_manifest::Hint;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::elliptic_curve::Generate as _;
 use p256::pkcs8::{

@@ -1,10 +1,10 @@
 //! cosign key files made by cosign itself (see `tests/data/README.md`) are decrypted and
 //! used; kib's own keys round-trip; the wrong password is refused.
 
-use kib_manifest::Hint as _;
 use std::path::PathBuf;
 use std::process::Command;
 
+use kib_manifest::Hint as _;
 use kib_signer::keys::{KeyError, Password, PublicKey, SigningKey};
 
 fn data(name: &str) -> PathBuf {

@@ -6,8 +6,9 @@
 //! [`AccelChoice::reason`], which the caller should show loudly (TCG is ~10x slower).
 //! The probed paths live in [`HostProbe`] so tests (and odd hosts) can point elsewhere.
 
-use kib_manifest::Hint;
 use std::path::PathBuf;
+
+use kib_manifest::Hint;
 
 /// What the user asked for (`kib.toml`'s `vm.accel`, `--accel`).
 #[derive(

@@ -16,9 +16,10 @@
 //! extensions (type, length, data padded to 8 bytes) up to the end marker (type 0).
 //! The other magics refused are those QEMU's format drivers probe for (`block/*.c`).
 
-use kib_manifest::Hint;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
+
+use kib_manifest::Hint;
 
 /// The disk formats kib accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

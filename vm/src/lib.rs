@@ -23,12 +23,12 @@ pub mod qmp;
 pub mod seed;
 pub mod ssh;
 
-use kib_manifest::Hint;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kib_manifest::Hint;
 
 pub use accel::{Accel, AccelChoice, AccelError, AccelRequest, detect, detect_auto};
 pub use qemu::{QemuRunner, QemuVm};

@@ -20,11 +20,11 @@
 //! `guest-sync-delimited` with a random id, then drops everything up to the agent's `0xFF`
 //! marker and any reply that does not carry that id.
 
-use kib_manifest::Hint;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kib_manifest::Hint;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};

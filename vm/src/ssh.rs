@@ -19,7 +19,6 @@
 //! end-of-file of their input, and [`Session::upload`] writes to a temporary file that only
 //! replaces the destination once its size is checked.
 
-use kib_manifest::Hint;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kib_manifest::Hint;
 use rand::{Rng as _, TryRng as _};
 use russh::client;
 use russh::keys::ssh_key::private::Ed25519Keypair;
