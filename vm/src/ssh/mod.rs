@@ -704,7 +704,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// The guard described in the module docs: `$1` runs in its own session and is killed when the
 /// channel's stdin (fd 0, moved to fd 3) reaches end-of-file.
-const GUARD_SCRIPT: &str = include_str!("scripts/guard.sh");
+const GUARD_SCRIPT: &str = include_str!("../scripts/guard.sh");
 
 /// Wraps `command` in the guard that kills it when the channel closes (see the module docs).
 pub fn guarded_command(command: &str) -> String {
