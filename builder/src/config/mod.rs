@@ -123,7 +123,7 @@ impl Hint for ConfigError {
         match self {
             ConfigError::Invalid { source, .. } => source.hint(),
             ConfigError::Parse { source, .. } if source.message().contains("unknown field") => Some(
-                "see the commented defaults at the top of builder/src/config.rs (or the repository's kib.toml)"
+                "see the commented defaults at the top of builder/src/config/mod.rs (or the repository's kib.toml)"
                     .to_owned(),
             ),
             _ => None,
@@ -1043,7 +1043,7 @@ mod tests {
 
     #[test]
     fn repo_kib_toml_equals_defaults() {
-        let text = include_str!("../../kib.toml");
+        let text = include_str!("../../../kib.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
     }
 
@@ -1302,7 +1302,7 @@ debug = true
     fn base_image_override_drops_the_configured_checksum() {
         // The repository's kib.toml names Rocky's CHECKSUM explicitly; `--base-image
         // ./my.qcow2 --insecure-skip-checksum` must not use it (no network at all).
-        let mut c = parse(include_str!("../../kib.toml")).unwrap();
+        let mut c = parse(include_str!("../../../kib.toml")).unwrap();
         assert!(c.base.checksum.is_some());
         c.apply(Overrides {
             base_image: Some("my.qcow2".into()),
