@@ -17,12 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use kib_manifest::Hint;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use url::Url;
 
 use crate::Reporter;
 use crate::checksum::{self, Checksum, ChecksumError, ChecksumFile, ChecksumSource};
+use crate::redact::redact_url;
 
 /// How long to wait for a TCP/TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,9 +164,9 @@ pub enum CacheError {
     },
 }
 
-impl CacheError {
+impl Hint for CacheError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             CacheError::Refused { source, .. } => source.hint(),
             CacheError::NoChecksum { .. } => Some(
@@ -194,32 +196,6 @@ impl CacheError {
             _ => None,
         }
     }
-}
-
-/// Displays a URL without its user name and password (`https://<redacted>@host/…`).
-#[derive(Debug, Clone, Copy)]
-pub struct RedactedUrl<'a>(pub &'a Url);
-
-impl std::fmt::Display for RedactedUrl<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = self.0;
-        if url.username().is_empty() && url.password().is_none() {
-            return f.write_str(url.as_str());
-        }
-        let mut clean = url.clone();
-        let _ = clean.set_username("");
-        let _ = clean.set_password(None);
-        let text = clean.as_str();
-        match text.find("://") {
-            Some(i) => write!(f, "{}<redacted>@{}", &text[..i + 3], &text[i + 3..]),
-            None => f.write_str(text),
-        }
-    }
-}
-
-/// `url` as text without credentials.
-pub fn redact_url(url: &Url) -> String {
-    RedactedUrl(url).to_string()
 }
 
 /// The default cache directory: `$XDG_CACHE_HOME/kib`, else `$HOME/.cache/kib`.
@@ -703,17 +679,6 @@ fn percent_decode(segment: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_credentials() {
-        let url = Url::parse("https://alice:s3cret@example.com/images/x.qcow2").unwrap();
-        let shown = redact_url(&url);
-        assert_eq!(shown, "https://<redacted>@example.com/images/x.qcow2");
-        let plain = Url::parse("https://example.com/x").unwrap();
-        assert_eq!(redact_url(&plain), "https://example.com/x");
-        let token = Url::parse("https://tok@example.com/x").unwrap();
-        assert!(!redact_url(&token).contains("tok@"));
-    }
 
     #[test]
     fn parses_sources() {

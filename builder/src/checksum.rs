@@ -17,6 +17,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use kib_manifest::Hint;
+
 pub use kib_manifest::{Checksum, ChecksumParseError, sha256_file};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
@@ -77,9 +79,9 @@ fn list_names(names: &[String]) -> String {
     }
 }
 
-impl ChecksumError {
+impl Hint for ChecksumError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ChecksumError::Parse(e) => e.hint(),
             ChecksumError::BadSource { .. } => Some(
@@ -157,7 +159,7 @@ impl fmt::Display for ChecksumSource {
         match self {
             ChecksumSource::Value(c) => c.fmt(f),
             ChecksumSource::File(ChecksumFile::Url(url)) => {
-                write!(f, "file:{}", crate::cache::RedactedUrl(url))
+                write!(f, "file:{}", crate::redact::RedactedUrl(url))
             }
             ChecksumSource::File(ChecksumFile::Path(path)) => write!(f, "file:{}", path.display()),
         }

@@ -15,6 +15,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
+use kib_manifest::Hint;
+
 use crate::checksum::{Checksum, sha256_file};
 use crate::config::{Compression, ImageFormat};
 
@@ -88,9 +90,9 @@ pub struct ToolFailed {
     pub stderr: String,
 }
 
-impl ExportError {
+impl Hint for ExportError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ExportError::QemuImgMissing(_) => Some(
                 "install qemu-img (Debian/Ubuntu: `apt install qemu-utils`; Fedora/RHEL: `dnf install qemu-img`), \

@@ -3,7 +3,8 @@
 //!
 //! The pieces, in the order a build uses them:
 //! - [`config`]: `kib.toml` and its overrides;
-//! - [`checksum`] and [`cache`]: the base image, verified and cached by checksum;
+//! - [`checksum`] and [`cache`]: the base image, verified and cached by checksum (URLs shown
+//!   through [`redact`], without credentials);
 //! - the VM layer (runner, QMP/QGA, seeds, SSH) is the `kib-vm` crate, shared with
 //!   `kib conformance`;
 //! - [`provision`]: the provisioners (ansible, shell, file);
@@ -20,6 +21,7 @@ pub mod export;
 pub mod manifest;
 pub mod pipeline;
 pub mod provision;
+pub mod redact;
 pub mod reporter;
 
 pub use pipeline::{BuildError, BuildOutput, BuildRequest, OnError, build};

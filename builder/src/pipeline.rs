@@ -9,6 +9,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kib_manifest::Hint;
+
 use crate::cache::{BaseImage, CacheError, ResolvedImage};
 use crate::config::Config;
 use crate::export::{ExportError, ExportedImage, export};
@@ -149,21 +151,34 @@ fn console_tail(lines: &[String]) -> String {
     s
 }
 
-impl BuildError {
+impl Hint for BuildError {
     /// A suggestion for the user, where the cause has a usual fix.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
-            BuildError::SshTimeout { silent_console: true, .. } => Some(
-                "the guest printed nothing on its console: this accelerator may not boot a stock kernel here; try `--accel tcg`"
-                    .to_owned(),
-            ),
-            BuildError::SshTimeout { .. } => Some(
-                "raise `--boot-timeout`, or use `--on-error=abort` to keep the VM running and look at it".to_owned(),
-            ),
+            BuildError::SshTimeout {
+                silent_console,
+                source,
+                ..
+            } => {
+                let own = if *silent_console {
+                    "the guest printed nothing on its console: this accelerator may not boot a stock kernel here; try `--accel tcg`"
+                } else {
+                    "raise `--boot-timeout`, or use `--on-error=abort` to keep the VM running and look at it"
+                };
+                // SSH's own hint carries the last attempt's error: one more line.
+                Some(match source.hint() {
+                    Some(ssh) => format!("{own}\n{ssh}"),
+                    None => own.to_owned(),
+                })
+            }
             BuildError::Fetch(e) => e.hint(),
-            BuildError::Start(e) => e.hint(),
+            BuildError::Key(e) | BuildError::Finish(e) => e.hint(),
+            BuildError::Start(e)
+            | BuildError::VmExited { source: e, .. }
+            | BuildError::PowerOff(e) => e.hint(),
             BuildError::Provision(e) => e.hint(),
             BuildError::Export(e) => e.hint(),
+            BuildError::Manifest(e) => e.hint(),
             _ => None,
         }
     }

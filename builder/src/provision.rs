@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use kib_manifest::Hint;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tracing::{debug, info};
@@ -175,9 +176,9 @@ pub enum ProvisionError {
     },
 }
 
-impl ProvisionError {
+impl Hint for ProvisionError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ProvisionError::Step { source, .. } => source.hint(),
         }
@@ -308,9 +309,9 @@ pub enum StepError {
     },
 }
 
-impl StepError {
+impl Hint for StepError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             StepError::AnsibleNotFound { .. } => Some(
                 "install Ansible with `pip install ansible-core` (or run `sudo scripts/setup-host.sh`)".to_owned(),
@@ -323,10 +324,18 @@ impl StepError {
             {
                 Some("the build user needs passwordless sudo, or set `sudo = false` on the provisioner".to_owned())
             }
-            StepError::ShellExec { source, .. } | StepError::Upload { source, .. } => source.hint(),
-            StepError::RebootTimeout { .. } => Some(
-                "raise `--boot-timeout`, or use `--on-error=abort` and look at the VM's console".to_owned(),
-            ),
+            StepError::ShellExec { source, .. }
+            | StepError::Upload { source, .. }
+            | StepError::BootId(source)
+            | StepError::Reconnect(source) => source.hint(),
+            StepError::RebootTimeout { source, .. } => {
+                let own = "raise `--boot-timeout`, or use `--on-error=abort` and look at the VM's console";
+                // SSH's own hint carries the last attempt's error: one more line.
+                Some(match source.as_ref().and_then(Hint::hint) {
+                    Some(ssh) => format!("{own}\n{ssh}"),
+                    None => own.to_owned(),
+                })
+            }
             _ => None,
         }
     }
@@ -762,7 +771,7 @@ async fn run_reboot(ctx: &ProvisionContext<'_>, session: &mut Session) -> Result
         }
         Ok(_) => {}
         Err(e) => {
-            debug!(error = %kib_vm::error_chain(&e), "the connection dropped under the reboot")
+            debug!(error = %kib_manifest::error_chain(&e), "the connection dropped under the reboot")
         }
     }
     ctx.reporter

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use kib_builder::Reporter;
 use kib_builder::cache::{BaseImage, CacheError};
 use kib_builder::checksum::{Checksum, ChecksumSource};
+use kib_manifest::{Hint as _, error_chain as chain};
 use kib_test_infra::tools::{files_in, run_tool, sha256sum};
 
 const IMAGE: &str = "Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";
@@ -154,16 +155,6 @@ fn fixture() -> Fixture {
         bytes,
         _dir: dir,
     }
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(&format!(" / {s}"));
-        source = s.source();
-    }
-    text
 }
 
 #[tokio::test]

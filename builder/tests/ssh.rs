@@ -18,6 +18,7 @@ use kib_builder::provision::{
     AnsibleProvisioner, FileProvisioner, ProvisionContext, ProvisionError, Provisioner,
     ShellProvisioner, StepError, run_all,
 };
+use kib_manifest::Hint as _;
 use kib_vm::ssh::{
     ExitStatus, KeyPair, Session, SshError, SshOptions, Stream, UploadSource, connect, wait_for_ssh,
 };

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kib_manifest::ManifestReadError;
+use kib_manifest::{Hint, ManifestReadError};
 use kib_vm::seed::{ConfigDrive, Seed};
 use kib_vm::{AccelRequest, Firmware, QemuRunner, QemuVm, Runner, Vm, VmError, VmSpec};
 
@@ -178,9 +178,9 @@ pub enum DirectError {
     },
 }
 
-impl DirectError {
+impl Hint for DirectError {
     /// A suggestion, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Image { source, .. } => source.hint(),
             Self::Refused { source, .. } => source.hint(),

@@ -8,6 +8,7 @@
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use kib_manifest::Hint;
 use oci_spec::image::{Digest, ImageIndex, ImageManifest};
 use serde::Deserialize;
 
@@ -117,9 +118,9 @@ pub enum ImageError {
     },
 }
 
-impl ImageError {
+impl Hint for ImageError {
     /// A suggestion, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Pull { .. } => Some(
                 "install skopeo (`apt-get install skopeo`) and check the reference and your registry login"

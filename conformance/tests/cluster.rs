@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use kib_conformance::cluster::{ClusterSpec, plan, run_step, teardown};
+use kib_manifest::Hint as _;
 
 #[tokio::test]
 #[ignore = "needs internet: kind, KubeVirt, CDI, Cluster API and CAPK releases plus the image's registry"]

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kib_conformance::direct::{DirectError, create_overlay, image_info};
+use kib_manifest::Hint as _;
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();

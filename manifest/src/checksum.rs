@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::Hint;
+
 /// The length of a SHA-256 digest in hex digits.
 const SHA256_HEX_LEN: usize = 64;
 
@@ -34,9 +36,9 @@ pub enum ChecksumParseError {
     },
 }
 
-impl ChecksumParseError {
+impl Hint for ChecksumParseError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ChecksumParseError::MissingAlgorithm { .. } => Some(
                 "pass `--base-checksum sha256:HEX`, `file:https://…/CHECKSUM` or `file:PATH`"

@@ -48,9 +48,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod attest;
 mod checksum;
+mod error;
 mod types;
 
 pub use checksum::{Checksum, ChecksumParseError, sha256_file};
+pub use error::{Hint, error_chain};
 pub use types::{Compression, ImageFormat, Stage, UnknownChoice};
 
 /// The manifest's file name in the output folder.
@@ -88,9 +90,9 @@ pub enum ManifestError {
     },
 }
 
-impl ManifestError {
+impl Hint for ManifestError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ManifestError::Versions { .. } => Some(
                 "the playbook's collect step writes versions.json; check its template".to_owned(),
@@ -131,9 +133,11 @@ impl ManifestReadError {
             ManifestReadError::Read { path, .. } | ManifestReadError::Parse { path, .. } => path,
         }
     }
+}
 
+impl Hint for ManifestReadError {
     /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             ManifestReadError::Read { source, .. }
                 if source.kind() == std::io::ErrorKind::NotFound =>

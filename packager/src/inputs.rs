@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use kib_manifest::{BuildManifest, ManifestReadError};
+use kib_manifest::{BuildManifest, Hint, ManifestReadError};
 
 use crate::build_info::{self, BuildInfo};
 use crate::image::ImageMetadata;
@@ -105,9 +105,9 @@ pub enum InputsError {
     Git(#[from] GitError),
 }
 
-impl InputsError {
+impl Hint for InputsError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             InputsError::Refused { source, .. } => source.hint(),
             InputsError::NotQcow2 { path } => Some(format!(

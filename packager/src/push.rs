@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kib_manifest::Hint;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -278,9 +279,11 @@ impl PublishError {
             _ => None,
         }
     }
+}
 
+impl Hint for PublishError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             PublishError::Tag { source, .. } => return source.hint(),
             PublishError::Auth { source, .. } => return source.hint(),

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use base64::Engine as _;
+use kib_manifest::Hint;
 /// Image references, re-exported for crates that do not depend on oci-client.
 pub use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
@@ -149,9 +150,9 @@ pub enum AuthError {
     },
 }
 
-impl AuthError {
+impl Hint for AuthError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             AuthError::Incomplete { .. } => Some(format!(
                 "pass both `--username` and `--password-stdin`, or set both `{ENV_USERNAME}` and `{ENV_PASSWORD}`"

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kib_manifest::Hint;
+
 /// What the templates can refer to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TagVars {
@@ -85,9 +87,9 @@ pub enum TagError {
     },
 }
 
-impl TagError {
+impl Hint for TagError {
     /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             TagError::MissingVariable {
                 variable: "k8s_version" | "k8s_minor",

@@ -113,9 +113,8 @@ pub enum TransportError {
     },
 }
 
-impl TransportError {
-    /// What to do about it.
-    pub fn hint(&self) -> Option<String> {
+impl kib_manifest::Hint for TransportError {
+    fn hint(&self) -> Option<String> {
         match self {
             TransportError::Conflict { .. } => Some(
                 "drop `--plain-http` (`KIB_REGISTRY_PLAIN_HTTP`), or drop the TLS option".into(),
@@ -479,6 +478,8 @@ pub fn certificate_hint(err: &(dyn std::error::Error + 'static)) -> Option<Strin
 
 #[cfg(test)]
 mod tests {
+    use kib_manifest::Hint as _;
+
     use super::*;
 
     fn opts() -> RegistryOptions {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use kib_manifest::{Hint as _, error_chain};
 use kib_packager::image::ImageMetadata;
 use kib_packager::layer::LayerCache;
 use kib_packager::layer::{Compression, LayerSpec};
@@ -417,17 +418,6 @@ fn raw_manifest(host: &str, tag: &str) -> serde_json::Value {
         &format!("docker://{host}/kib/node:{tag}"),
     ]))
     .unwrap()
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(c) = cur {
-        s.push_str(" / ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[test]

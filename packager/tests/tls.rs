@@ -4,6 +4,7 @@
 //! recognisable error. Run with: `cargo test -p kib-packager --features test-registry --test tls`
 #![cfg(feature = "test-registry")]
 
+use kib_manifest::Hint as _;
 use kib_packager::registry::{
     self, Auth, Reference, RegistryOptions, certificate_hint, connect, is_transient,
 };

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use crypto_secretbox::aead::{Aead as _, KeyInit as _};
+use kib_manifest::Hint;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::elliptic_curve::Generate as _;
 use p256::pkcs8::{
@@ -174,9 +175,9 @@ pub enum KeyError {
     Encrypt(#[source] KeyFormatError),
 }
 
-impl KeyError {
+impl Hint for KeyError {
     /// A suggestion for errors with an obvious fix.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             Self::Decrypt { .. } => Some(format!(
                 "check the password in `{PASSWORD_ENV}` (it may be empty, but must be set when there is no terminal)"

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use kib_manifest::Hint as _;
 use kib_signer::keys::{KeyError, Password, PublicKey, SigningKey};
 
 fn data(name: &str) -> PathBuf {

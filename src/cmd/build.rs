@@ -16,6 +16,7 @@ use kib_builder::pipeline::{BuildRequest, OnError};
 use kib_vm::QemuRunner;
 
 use crate::cli::{GlobalArgs, OutputFormat};
+use crate::error_render::HintExt as _;
 use crate::reporter::TermReporter;
 
 const AFTER_HELP: &str = "\
@@ -149,12 +150,12 @@ impl Args {
     pub(crate) async fn run(self, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         let config_path = std::path::absolute(&self.config)
             .context("Failed to resolve the configuration path")?;
-        let mut config = Config::load(&config_path)?;
+        let mut config = Config::load(&config_path).hinted()?;
         let config_dir = config_path
             .parent()
             .map_or_else(|| PathBuf::from("/"), std::path::Path::to_path_buf);
         let cwd = std::env::current_dir().context("Failed to read the current directory")?;
-        config.apply(Overrides {
+        let applied = config.apply(Overrides {
             base_image: self.base_image,
             base_checksum: self.base_checksum,
             kubernetes_version: self.kubernetes_version,
@@ -171,10 +172,11 @@ impl Args {
             format: self.format,
             compression: self.compression,
             ..Overrides::default()
-        })?;
+        });
+        applied.hinted()?;
         let cache_dir = match self.cache_dir {
             Some(d) => d,
-            None => kib_builder::cache::default_cache_dir()?,
+            None => kib_builder::cache::default_cache_dir().hinted()?,
         };
         let vars: BTreeMap<_, _> = self.vars.into_iter().collect();
         let request = BuildRequest {
@@ -193,7 +195,9 @@ impl Args {
         let reporter = TermReporter::new(global);
         let runner = QemuRunner::default();
         let cancel = crate::common::signal::interrupted();
-        let output = kib_builder::build(&runner, request, &reporter, cancel).await?;
+        let output = kib_builder::build(&runner, request, &reporter, cancel)
+            .await
+            .hinted()?;
         reporter.line(&format!(
             "==> built `{}` ({} on disk, {} virtual), manifest `{}`",
             output.image.path.display(),

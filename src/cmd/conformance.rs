@@ -18,7 +18,7 @@ use kib_conformance::{CheckReport, Report};
 use kib_vm::{AccelRequest, Firmware, Vm as _};
 
 use crate::cli::GlobalArgs;
-use crate::error_render::Failure;
+use crate::error_render::{Failure, HintExt as _};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 enum Profile {
@@ -333,9 +333,9 @@ impl Args {
             );
         }
         opts.tls_verify = !self.skip_tls_verify;
-        // The renderer prints the `DirectError`'s hint (once) from the chain.
         let run = direct::run(opts, progress)
             .await
+            .hinted()
             .with_context(|| format!("Conformance run of `{}` failed", self.image))?;
         if run.kept.is_some() {
             // The work directory holds the key and the sockets: keep it with the VM.
@@ -358,14 +358,16 @@ impl Args {
                 .manifest
                 .as_deref()
                 .map(ImageExpectations::read)
-                .transpose()?
+                .transpose()
+                .hinted()?
                 .and_then(|e| e.kubernetes)
                 .context("The cluster profile needs the image's Kubernetes version: pass `--kubernetes-version` or `--manifest`")?,
         };
         let mut spec = ClusterSpec::new(&self.image, &version);
         // CDI needs room beyond the image's virtual size (default: kib's 20 GiB image).
         if let Some(m) = &self.manifest {
-            spec.disk_size = cluster::disk_size_for(kib_manifest::read(m)?.output.virtual_size);
+            spec.disk_size =
+                cluster::disk_size_for(kib_manifest::read(m).hinted()?.output.virtual_size);
         }
         spec.insecure_registries = self.insecure_registry.clone();
         spec.firmware = self.firmware.into();

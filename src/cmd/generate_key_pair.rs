@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use kib_signer::keys::generate_key_pair;
 
 use crate::cli::{GlobalArgs, OutputFormat};
+use crate::error_render::HintExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -29,7 +30,8 @@ impl Args {
         let force = self.force;
         let files =
             tokio::task::spawn_blocking(move || generate_key_pair(&prefix, &password, force))
-                .await??;
+                .await?
+                .hinted()?;
         let mut out = std::io::stdout().lock();
         match self.output {
             OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(&files)?)?,

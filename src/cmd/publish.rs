@@ -22,6 +22,7 @@ use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::image_args::ImageArgs;
 use crate::common::registry_args::RegistryArgs;
 use crate::common::signing::{Attestation, attest_each, load_key, sign_and_attest};
+use crate::error_render::HintExt as _;
 use crate::reporter::PackageReporter;
 
 /// What `kib publish --help` shows after the options: the flow it belongs to.
@@ -113,7 +114,7 @@ impl Args {
             self.image
         );
         let resolved = self.image_args.resolve()?;
-        let tags = resolved.tags?;
+        let tags = resolved.tags.hinted()?;
         // Everything signing needs is read before the push, so that a wrong password or a
         // missing predicate fails before minutes of upload.
         let attestation = self
@@ -158,7 +159,7 @@ impl Args {
         let reporter = Arc::new(PackageReporter::new(global));
         let _span = tracing::info_span!("push", repository = %self.image).entered();
         let started = std::time::Instant::now();
-        let pushed = push(&req, reporter.clone()).await?;
+        let pushed = push(&req, reporter.clone()).await.hinted()?;
         report_speed(&reporter, pushed.bytes_sent, started.elapsed());
         let repo = format!(
             "{}/{}",
@@ -192,9 +193,10 @@ impl Args {
                     .reference
                     .parse()
                     .with_context(|| format!("`{}` is not an image reference", pushed.reference))?;
-                let auth = kib_packager::registry::auth(&image, &req.options)?;
+                let auth = kib_packager::registry::auth(&image, &req.options).hinted()?;
                 let client = kib_packager::registry::connect(&image, &req.options, &auth)
-                    .await?
+                    .await
+                    .hinted()?
                     .client;
                 let failed = || {
                     format!(
@@ -225,7 +227,7 @@ impl Args {
             }
             None => (None, None),
         };
-        let tags = set_tags(&req, &pushed, reporter.clone()).await?;
+        let tags = set_tags(&req, &pushed, reporter.clone()).await.hinted()?;
         match self.output_format {
             OutputFormat::Text => {
                 writeln!(out, "{}", pushed.digest)?;

@@ -18,6 +18,7 @@ use kib_signer::oci_client::Reference;
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::registry_args::RegistryArgs;
 use crate::common::signing::{Attestation, load_key, sign_and_attest};
+use crate::error_render::HintExt as _;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -52,8 +53,11 @@ impl Args {
             .transpose()?;
         let key = load_key(&self.key).await?;
         let opts = self.registry.options()?;
-        let auth = registry::auth(&image, &opts)?;
-        let client = registry::connect(&image, &opts, &auth).await?.client;
+        let auth = registry::auth(&image, &opts).hinted()?;
+        let client = registry::connect(&image, &opts, &auth)
+            .await
+            .hinted()?
+            .client;
         let (signed, attested) =
             sign_and_attest(&client, &auth, &image, &key, attestation.as_ref()).await?;
         let mut out = std::io::stdout().lock();

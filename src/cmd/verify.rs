@@ -14,7 +14,7 @@ use kib_signer::oci_client::Reference;
 
 use crate::cli::{GlobalArgs, OutputFormat};
 use crate::common::registry_args::RegistryArgs;
-use crate::error_render::Failure;
+use crate::error_render::{Failure, HintExt as _};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -39,7 +39,7 @@ impl Args {
             .image
             .parse()
             .with_context(|| format!("`{}` is not an image reference", self.image))?;
-        let key = PublicKey::load(&self.key)?;
+        let key = PublicKey::load(&self.key).hinted()?;
         let attestation_type = match &self.attestation_type {
             Some(t) => Some(
                 kib_signer::payload::predicate_type_uri(t)
@@ -48,8 +48,11 @@ impl Args {
             None => None,
         };
         let opts = self.registry.options()?;
-        let auth = registry::auth(&image, &opts)?;
-        let client = registry::connect(&image, &opts, &auth).await?.client;
+        let auth = registry::auth(&image, &opts).hinted()?;
+        let client = registry::connect(&image, &opts, &auth)
+            .await
+            .hinted()?
+            .client;
         // One resolution: signatures and attestations are checked for the same digest.
         let digest = kib_signer::resolve_digest(&client, &auth, &image).await?;
         let signatures =

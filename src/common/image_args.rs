@@ -7,6 +7,8 @@ use kib_packager::inputs::{ImageInputs, ResolvedImage};
 use kib_packager::layer::Compression;
 use kib_packager::tags::TagScheme;
 
+use crate::error_render::HintExt as _;
+
 /// What goes into the image: the flags `package` and `publish` share.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ImageArgs {
@@ -89,7 +91,7 @@ impl ImageArgs {
 
     /// The layer, metadata and tags (see [`ImageInputs::resolve`]).
     pub(crate) fn resolve(&self) -> anyhow::Result<ResolvedImage> {
-        Ok(self.inputs()?.resolve()?)
+        self.inputs()?.resolve().hinted()
     }
 }
 
@@ -187,6 +189,14 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("Failed to read the build manifest `{}`", missing.display())
+        );
+        // `InputsError::Manifest` forwards the `ManifestReadError`'s hint: printed once.
+        let text = crate::error_render::text(&err);
+        assert_eq!(
+            text.matches("hint: `kib build` writes `build-manifest.json` beside the image")
+                .count(),
+            1,
+            "{text}"
         );
         let bad = dir.path().join(MANIFEST_FILE);
         fs_err::write(&bad, "{").unwrap();

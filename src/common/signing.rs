@@ -10,6 +10,8 @@ use kib_signer::keys::{PASSWORD_ENV, Password, SigningKey};
 use kib_signer::oci_client::secrets::RegistryAuth;
 use kib_signer::oci_client::{Client, Reference};
 
+use crate::error_render::HintExt as _;
+
 /// The key password: `COSIGN_PASSWORD`, else a prompt on the terminal (twice when
 /// `confirm`). Never printed.
 pub(crate) fn password(confirm: bool) -> anyhow::Result<Password> {
@@ -39,7 +41,9 @@ pub(crate) fn password(confirm: bool) -> anyhow::Result<Password> {
 pub(crate) async fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     let password = password(false)?;
     let path = path.to_owned();
-    Ok(tokio::task::spawn_blocking(move || SigningKey::load(&path, &password)).await??)
+    tokio::task::spawn_blocking(move || SigningKey::load(&path, &password))
+        .await?
+        .hinted()
 }
 
 /// An attestation to attach: the predicate type URI and the predicate (JSON) bytes.

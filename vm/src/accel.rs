@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+use kib_manifest::Hint;
+
 /// What the user asked for (`kib.toml`'s `vm.accel`, `--accel`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
@@ -105,9 +107,9 @@ pub enum AccelError {
     },
 }
 
-impl AccelError {
+impl Hint for AccelError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             AccelError::KvmUnavailable { path, source }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>

@@ -19,6 +19,8 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use kib_manifest::Hint;
+
 /// The disk formats kib accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DiskFormat {
@@ -107,9 +109,9 @@ pub enum DiskImageError {
     },
 }
 
-impl DiskImageError {
+impl Hint for DiskImageError {
     /// A suggestion for the user.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             DiskImageError::UnsupportedFormat { .. } => Some(
                 "convert it into a self-contained qcow2 first (`qemu-img convert -f <format> -O qcow2 in out.qcow2`), after checking which files it names".to_owned(),

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use kib_manifest::Hint;
 
 pub use accel::{Accel, AccelChoice, AccelError, AccelRequest, detect, detect_auto};
 pub use qemu::{QemuRunner, QemuVm};
@@ -311,9 +312,9 @@ pub enum VmError {
     },
 }
 
-impl VmError {
+impl Hint for VmError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             VmError::Accel(e) => e.hint(),
             VmError::EarlyExit { stderr, .. } if stderr.contains("kvm") || stderr.contains("KVM") => {
@@ -331,7 +332,8 @@ impl VmError {
                         .to_owned(),
                 )
             }
-            VmError::GuestAgent { source, .. } => source.hint(),
+            VmError::GuestAgent { source, .. } | VmError::Qmp { source, .. } => source.hint(),
+            VmError::NotReady { source, .. } => source.as_ref().and_then(Hint::hint),
             VmError::PowerOffForced { .. } => Some(
                 "the guest ignored the ACPI power button: check that it handles it (systemd-logind or acpid) and that it is not stuck at boot (see the serial log)"
                     .to_owned(),
@@ -443,19 +445,6 @@ pub fn scrub_secrets(cmd: &mut tokio::process::Command) -> &mut tokio::process::
         cmd.env_remove(name);
     }
     cmd
-}
-
-/// An error and its sources on one line, `: `-separated (what anyhow's `{:#}` prints): the one
-/// formatter the libraries use where a cause goes into a message or a report.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// What a guest console printed, as plain text: terminal escape sequences (CSI such as colours

@@ -985,6 +985,7 @@ fn find_program(program: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
     use crate::seed::{NoCloud, Seed};
+    use kib_manifest::Hint as _;
 
     fn plan(accel: Accel) -> LaunchPlan {
         LaunchPlan {

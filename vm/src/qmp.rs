@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kib_manifest::Hint;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -86,9 +87,9 @@ pub enum QmpError {
     Broken,
 }
 
-impl QmpError {
+impl Hint for QmpError {
     /// A suggestion for the user, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         match self {
             QmpError::Timeout { command, .. } if command.starts_with("guest-") => Some(
                 "the guest agent did not answer: is `qemu-guest-agent` installed and running in the guest?"
@@ -97,7 +98,9 @@ impl QmpError {
             _ => None,
         }
     }
+}
 
+impl QmpError {
     /// The error class of a failed command, if it was one.
     pub fn class(&self) -> Option<&str> {
         match self {

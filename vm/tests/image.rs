@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kib_vm::error_chain;
+use kib_manifest::{Hint as _, error_chain};
 use kib_vm::image::{DiskFormat, DiskImageError, inspect, inspect_async};
 
 const SECRET: &str = "kib-test-host-secret-6f1d0c";

@@ -90,7 +90,7 @@ async fn run_ok(ctx: &Context, cmd: &str, root: bool) -> Result<ExecOutput, Chec
 }
 
 /// An error and its sources on one line.
-pub(crate) use kib_vm::error_chain as chain;
+pub(crate) use kib_manifest::error_chain as chain;
 
 /// Turns a `Result<(), CheckResult>` body into a result.
 macro_rules! check_body {

@@ -46,6 +46,10 @@
 //! `kib.toml` by [`Config::load`]; `output.dir` and provisioner paths are kept as written
 //! and resolve against that folder too (the build does it). Paths given as [`Overrides`] are
 //! relative to the current directory and are made absolute by [`Config::apply`].
+//!
+//! Here: the model, its defaults, loading, overrides and validation; `error.rs` holds
+//! [`ConfigError`] and [`ValueError`], `units.rs` the value syntaxes ([`parse_size`],
+//! [`parse_duration`], …).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +65,16 @@ pub use kib_vm::{AccelRequest, Firmware};
 use crate::checksum::{ChecksumFile, ChecksumSource};
 use crate::provision::{AnsibleProvisioner, Provisioner, RebootProvisioner};
 
+mod error;
+mod units;
+
+pub use error::{ConfigError, ValueError};
+use units::{de_kubernetes_version, duration_serde, size_serde};
+pub use units::{
+    format_duration, format_size, parse_duration, parse_duration_or_seconds,
+    parse_kubernetes_version, parse_size, parse_var,
+};
+
 /// The default base image: the newest Rocky Linux 10 GenericCloud Base image.
 pub const DEFAULT_BASE_IMAGE: &str = "https://dl.rockylinux.org/pub/rocky/10/images/x86_64/Rocky-10-GenericCloud-Base.latest.x86_64.qcow2";
 /// Where the default base image's checksum is published.
@@ -68,163 +82,6 @@ pub const DEFAULT_BASE_CHECKSUM: &str =
     "file:https://dl.rockylinux.org/pub/rocky/10/images/x86_64/CHECKSUM";
 /// The default Kubernetes minor.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.37";
-
-/// Errors from loading and overriding the configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file exists but could not be read.
-    #[error("Failed to read `{path}`")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or does not fit the schema.
-    #[error("Invalid configuration in `{}`{}", path.display(), at(*line, key.as_deref()))]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The line of the error, from 1, when known.
-        line: Option<usize>,
-        /// The dotted key the error is about (`vm.disk_size`), when known.
-        key: Option<String>,
-        /// The cause (with the TOML snippet).
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    /// A value is out of range or malformed.
-    #[error("Invalid value for `{key}` in {origin}")]
-    Invalid {
-        /// Where the value came from: `` `path/kib.toml` `` or `the command line`.
-        origin: String,
-        /// The dotted key (`vm.cpus`).
-        key: String,
-        /// What is wrong.
-        #[source]
-        source: ValueError,
-    },
-}
-
-fn at(line: Option<usize>, key: Option<&str>) -> String {
-    match (line, key) {
-        (Some(l), Some(k)) => format!(" at line {l} (`{k}`)"),
-        (Some(l), None) => format!(" at line {l}"),
-        (None, Some(k)) => format!(" (`{k}`)"),
-        (None, None) => String::new(),
-    }
-}
-
-impl ConfigError {
-    /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            ConfigError::Invalid { source, .. } => source.hint(),
-            ConfigError::Parse { source, .. } if source.message().contains("unknown field") => Some(
-                "see the commented defaults at the top of builder/src/config.rs (or the repository's kib.toml)"
-                    .to_owned(),
-            ),
-            _ => None,
-        }
-    }
-}
-
-/// A malformed or out-of-range value (from `kib.toml` or a command-line flag).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ValueError {
-    /// Not `MAJOR.MINOR` or `MAJOR.MINOR.PATCH`.
-    #[error("`{value}` is not a Kubernetes version like `1.37` or `1.37.1`")]
-    KubernetesVersion {
-        /// The value given.
-        value: String,
-    },
-    /// Not a size like `20G`.
-    #[error("`{value}` is not a size like `20G`, `512M` or `1T`")]
-    Size {
-        /// The value given.
-        value: String,
-    },
-    /// Not a duration like `15m`.
-    #[error("`{value}` is not a duration like `90s`, `15m` or `1h30m`")]
-    Duration {
-        /// The value given.
-        value: String,
-    },
-    /// Not one of the allowed words.
-    #[error("`{value}` is not one of {expected}")]
-    Choice {
-        /// The value given.
-        value: String,
-        /// The allowed values, e.g. `` `auto`, `kvm`, `tcg` ``.
-        expected: &'static str,
-    },
-    /// A `--var` without `=`.
-    #[error("`{value}` is not `KEY=VALUE`")]
-    Var {
-        /// The value given.
-        value: String,
-    },
-    /// A number below its minimum.
-    #[error("{value} is below the minimum of {min}")]
-    TooSmall {
-        /// The value given.
-        value: String,
-        /// The minimum.
-        min: String,
-    },
-    /// Not a usable Linux user name.
-    #[error(
-        "`{value}` is not a valid user name (lower-case letters, digits, `_` and `-`; not an account of the image such as `root`)"
-    )]
-    UserName {
-        /// The value given.
-        value: String,
-    },
-    /// Not a usable file name (empty, or with `/`, or starting with `.`).
-    #[error("`{value}` is not a valid output name (no `/`, not empty, not starting with `.`)")]
-    OutputName {
-        /// The value given.
-        value: String,
-    },
-    /// An empty string where text is needed.
-    #[error("The value is empty")]
-    Empty,
-}
-
-impl From<kib_vm::UnknownChoice> for ValueError {
-    fn from(e: kib_vm::UnknownChoice) -> Self {
-        ValueError::Choice {
-            value: e.value,
-            expected: e.expected,
-        }
-    }
-}
-
-impl From<kib_manifest::UnknownChoice> for ValueError {
-    fn from(e: kib_manifest::UnknownChoice) -> Self {
-        ValueError::Choice {
-            value: e.value,
-            expected: e.expected,
-        }
-    }
-}
-
-impl ValueError {
-    /// A suggestion for fixing the error, when there is an obvious one.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            ValueError::UserName { value } if RESERVED_USERS.contains(&value.as_str()) => Some(
-                "the build user is deleted at the end of the build; pick a dedicated name such as `kib-build`"
-                    .to_owned(),
-            ),
-            ValueError::KubernetesVersion { .. } => {
-                Some("give a minor (`1.37`, newest patch) or an exact release (`1.37.1`), without `v`".to_owned())
-            }
-            _ => None,
-        }
-    }
-}
 
 macro_rules! choice_enum {
     ($(#[$meta:meta])* $name:ident, $expected:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
@@ -855,191 +712,10 @@ fn locate(text: &str, span: Option<std::ops::Range<usize>>) -> (Option<usize>, O
     (Some(line_no), key)
 }
 
-/// Checks a Kubernetes version (`1.37` or `1.37.1`, an optional leading `v` is dropped).
-pub fn parse_kubernetes_version(s: &str) -> Result<String, ValueError> {
-    let bad = || ValueError::KubernetesVersion {
-        value: s.to_owned(),
-    };
-    let v = s.trim();
-    let v = v.strip_prefix('v').unwrap_or(v);
-    let parts: Vec<&str> = v.split('.').collect();
-    if !(2..=3).contains(&parts.len())
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_digit()))
-        || parts[0] != "1"
-        || parts
-            .iter()
-            .skip(1)
-            .any(|p| p.len() > 1 && p.starts_with('0'))
-    {
-        return Err(bad());
-    }
-    Ok(v.to_owned())
-}
-
-/// Parses a size: a number with an optional unit `K`, `M`, `G`, `T` (powers of 1024, also
-/// written `KiB`, `GB`…); a bare number is bytes.
-pub fn parse_size(s: &str) -> Result<u64, ValueError> {
-    let bad = || ValueError::Size {
-        value: s.to_owned(),
-    };
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let shift = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return Err(bad()),
-    };
-    number.checked_mul(1u64 << shift).ok_or_else(bad)
-}
-
-/// Writes a size with the largest exact unit (`20G`, `1536M`, `1000`).
-pub fn format_size(bytes: u64) -> String {
-    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
-}
-
-/// Parses a duration: one or more `<number><unit>` with units `h`, `m`, `s`, `ms`
-/// (`15m`, `90s`, `1h30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
-    let bad = || ValueError::Duration {
-        value: s.to_owned(),
-    };
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            "m" | "min" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "s" => Duration::from_secs(n),
-            "ms" => Duration::from_millis(n),
-            _ => return Err(bad()),
-        };
-        total = total.checked_add(part).ok_or_else(bad)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-/// [`parse_duration`], and a bare number of seconds (`900`) too: what command-line timeouts such
-/// as `kib conformance --timeout` accept (in `kib.toml` a bare number is refused as ambiguous).
-pub fn parse_duration_or_seconds(s: &str) -> Result<Duration, ValueError> {
-    let t = s.trim();
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        return t
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|_| ValueError::Duration {
-                value: s.to_owned(),
-            });
-    }
-    parse_duration(s)
-}
-
-/// Writes a duration as [`parse_duration`] reads it (`15m`, `1h30m`, `90s`).
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() != 0 || d.as_secs() == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
-/// Parses `--var KEY=VALUE`: the value is JSON if it parses as JSON (`3`, `true`,
-/// `["a"]`, `{"k": 1}`, `"quoted"`), else the text as a string.
-pub fn parse_var(s: &str) -> Result<(String, serde_json::Value), ValueError> {
-    let Some((key, value)) = s.split_once('=') else {
-        return Err(ValueError::Var {
-            value: s.to_owned(),
-        });
-    };
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(ValueError::Var {
-            value: s.to_owned(),
-        });
-    }
-    let value =
-        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
-    Ok((key.to_owned(), value))
-}
-
-fn de_kubernetes_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_kubernetes_version(&s).map_err(serde::de::Error::custom)
-}
-
-mod size_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_size(*v))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(n),
-            Raw::Text(t) => super::parse_size(&t).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-mod duration_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::format_duration(*v))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let t = String::deserialize(d)?;
-        super::parse_duration(&t).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use kib_manifest::Hint as _;
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -1048,7 +724,7 @@ mod tests {
 
     #[test]
     fn repo_kib_toml_equals_defaults() {
-        let text = include_str!("../../kib.toml");
+        let text = include_str!("../../../kib.toml");
         assert_eq!(parse(text).unwrap(), Config::default());
     }
 
@@ -1331,7 +1007,7 @@ debug = true
     fn base_image_override_drops_the_configured_checksum() {
         // The repository's kib.toml names Rocky's CHECKSUM explicitly; `--base-image
         // ./my.qcow2 --insecure-skip-checksum` must not use it (no network at all).
-        let mut c = parse(include_str!("../../kib.toml")).unwrap();
+        let mut c = parse(include_str!("../../../kib.toml")).unwrap();
         assert!(c.base.checksum.is_some());
         c.apply(Overrides {
             base_image: Some("my.qcow2".into()),
