@@ -2,7 +2,6 @@
 //! [`Stage`], the output [`ImageFormat`] and its qcow2 [`Compression`].
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,10 +15,14 @@ pub struct UnknownChoice {
     pub expected: &'static str,
 }
 
+/// An enum of fixed words (`kib.toml`, the command line, the manifest): `as_str`, `Display`,
+/// case-insensitive `FromStr` with [`UnknownChoice`] naming the allowed words, and lowercase
+/// serde. One definition for every crate (builder's config uses it too).
+#[macro_export]
 macro_rules! choice_enum {
     ($(#[$meta:meta])* $name:ident, $expected:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(rename_all = "lowercase")]
         pub enum $name {
             $($(#[$vmeta])* $variant),+
@@ -32,19 +35,19 @@ macro_rules! choice_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownChoice;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::UnknownChoice;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s.trim().to_ascii_lowercase().as_str() {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownChoice { value: s.to_owned(), expected: $expected }),
+                    _ => Err($crate::UnknownChoice { value: s.to_owned(), expected: $expected }),
                 }
             }
         }

@@ -107,15 +107,8 @@ impl std::str::FromStr for Firmware {
     }
 }
 
-/// A word that is not one of the allowed choices (`--firmware`, `--accel`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{value}` is not one of {expected}")]
-pub struct UnknownChoice {
-    /// The value given.
-    pub value: String,
-    /// The allowed values, e.g. `` `bios`, `uefi` ``.
-    pub expected: &'static str,
-}
+/// A word that is not one of the allowed choices (`--firmware`, `--accel`): the one type for it.
+pub use kib_manifest::UnknownChoice;
 
 impl std::fmt::Display for Firmware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

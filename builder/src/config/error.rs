@@ -130,15 +130,6 @@ pub enum ValueError {
     Empty,
 }
 
-impl From<kib_vm::UnknownChoice> for ValueError {
-    fn from(e: kib_vm::UnknownChoice) -> Self {
-        ValueError::Choice {
-            value: e.value,
-            expected: e.expected,
-        }
-    }
-}
-
 impl From<kib_manifest::UnknownChoice> for ValueError {
     fn from(e: kib_manifest::UnknownChoice) -> Self {
         ValueError::Choice {
