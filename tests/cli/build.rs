@@ -556,6 +556,9 @@ test \"$(cat /etc/kib-marker)\" = built-by-kib
         .arg(b.out.join("node.qcow2"))
         .arg("--manifest")
         .arg(b.out.join("build-manifest.json"))
+        // The fixture's kib.toml asks for Kubernetes 1.37 (the manifest says so) but
+        // fixture-vars.yml installs none on Debian: the image is generic, and says so.
+        .args(["--expect", "generic"])
         .arg("--check-script")
         .arg(repo_root().join("playbook/tests/fixture-check.sh"))
         .arg("--check-script")

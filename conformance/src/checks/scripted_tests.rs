@@ -186,7 +186,7 @@ async fn audit_fails_with_one_kib_rule_of_three() {
     let r = outcome(&Audit, &context(g, Expect::Generic)).await;
     assert_fail(&r, "2 of the 3 rules");
     assert!(
-        reason(&r).contains("-w /usr/bin/kubelet -p xwa -k kib-kubelet"),
+        reason(&r).contains("-w /usr/bin/kubelet -p wxa -k kib-kubelet"),
         "{r:?}"
     );
 }
@@ -223,7 +223,7 @@ async fn audit_passes_when_every_rule_is_loaded() {
         .ok("60-kib-kubernetes.rules", KIB_RULES)
         .ok(
             "auditctl -l",
-            "-a never,task\n-w /etc/kubernetes  -p wa -k kib-kubernetes\n-w /usr/bin/kubelet -p xwa -k kib-kubelet\n-w /etc/containerd -p wa -k kib-containerd\n",
+            "-a never,task\n-w /etc/kubernetes  -p wa -k kib-kubernetes\n-w /usr/bin/kubelet -p wxa -k kib-kubelet\n-w /etc/containerd -p wa -k kib-containerd\n",
         );
     let r = outcome(&Audit, &context(g, Expect::Generic)).await;
     assert_eq!(r.status, Status::Pass, "{r:?}");

@@ -248,9 +248,20 @@ pub struct Audit;
 
 /// The rule lines of an audit rules file or of `auditctl -l`, whitespace-normalised, comments,
 /// blank lines and control lines (`-D`, `-b`, `-f`, `-e`, `--backlog_wait_time`) dropped.
+/// A watch's permissions are put in the order `auditctl -l` prints them (`r`, `w`, `x`, `a`):
+/// the kernel keeps a bit mask, so `-p xwa` in a file is listed as `-p wxa`.
 fn rule_lines(text: &str) -> Vec<String> {
     text.lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            let mut words: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            for i in 1..words.len() {
+                if words[i - 1] == "-p" {
+                    let perms = &words[i];
+                    words[i] = "rwxa".chars().filter(|c| perms.contains(*c)).collect();
+                }
+            }
+            words.join(" ")
+        })
         .filter(|l| l.starts_with("-w ") || l.starts_with("-a "))
         .collect()
 }
@@ -324,6 +335,17 @@ mod tests {
             Some("SSH-2.0-x\r\n")
         );
         assert_eq!(banner(sa, Duration::from_secs(5)).await, None);
+    }
+
+    #[test]
+    fn audit_watch_permissions_compare_in_auditctl_order() {
+        let file = "## kib\n-w /usr/bin/kubelet -p xwa -k kib-kubelet\n-D\n-w /etc/kubernetes  -p wa -k kib\n";
+        let listed = "-w /usr/bin/kubelet -p wxa -k kib-kubelet\n-w /etc/kubernetes -p wa -k kib\n";
+        assert_eq!(rule_lines(file), rule_lines(listed));
+        assert_ne!(
+            rule_lines("-w /usr/bin/kubelet -p xa -k kib-kubelet"),
+            rule_lines(listed)[..1]
+        );
     }
 
     #[test]
