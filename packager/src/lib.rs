@@ -37,5 +37,6 @@ pub mod registry;
 pub mod reporter;
 pub mod tags;
 pub mod transport;
+pub mod upload;
 
 pub use reporter::{BlobKind, BlobOutcome, NullReporter, Phase, Reporter};

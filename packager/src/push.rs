@@ -42,6 +42,7 @@ use crate::registry::{
 };
 use crate::reporter::{BlobKind, BlobOutcome, Phase, Reporter};
 use crate::tags::{TagError, Tags, is_valid_tag};
+use crate::upload::Uploader;
 
 /// How often and how patiently transient registry errors are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,8 +376,8 @@ struct Session<'a> {
     req: &'a PublishRequest,
     client: Client,
     auth: RegistryAuth,
-    http: reqwest::Client,
-    scheme: &'static str,
+    /// kib's own uploads (the layer, the config blob).
+    up: Uploader,
     /// `registry/repository`, for messages.
     repository: String,
     retry: Retry<'a>,
@@ -428,10 +429,9 @@ impl<'a> Session<'a> {
             .map_err(connect_err)?;
         Ok(Self {
             req,
+            up: Uploader::new(&transport, &auth, repo),
             client,
             auth,
-            http: transport.http,
-            scheme: transport.scheme,
             repository,
             retry,
         })
@@ -472,159 +472,13 @@ impl<'a> Session<'a> {
             })
     }
 
-    /// `Authorization` for the upload requests: oci-client's bearer token if the registry
-    /// uses tokens, else basic credentials once the registry asked for them (`basic`).
-    async fn authorization(&self, basic: bool) -> Result<Option<String>, OciDistributionError> {
-        if let Some(token) = self
-            .client
-            .auth(self.repo(), &self.auth, RegistryOperation::Push)
-            .await?
-        {
-            return Ok(Some(format!("Bearer {token}")));
-        }
-        match &self.auth {
-            RegistryAuth::Basic(user, password) if basic => {
-                use base64::Engine as _;
-                let pair =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                Ok(Some(format!("Basic {pair}")))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// An absolute URL for a `Location` header; whether credentials may go there (only to the
-    /// registry itself, never over a downgraded scheme: CVE-2020-15157).
-    fn resolve_location(
-        &self,
-        location: &str,
-    ) -> Result<(reqwest::Url, bool), OciDistributionError> {
-        let registry = self.repo().resolve_registry();
-        let base = reqwest::Url::parse(&format!("{}://{registry}/", self.scheme))
-            .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
-        let url = base
-            .join(location)
-            .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))?;
-        let same = url.host_str() == base.host_str()
-            && url.port_or_known_default() == base.port_or_known_default()
-            && !(base.scheme() == "https" && url.scheme() != "https");
-        Ok((url, same))
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        url: reqwest::Url,
-        authorization: Option<&str>,
-        body: Option<reqwest::Body>,
-        expected: u16,
-    ) -> Result<reqwest::Response, OciDistributionError> {
-        let mut rb = self.http.request(method, url);
-        if let Some(a) = authorization {
-            rb = rb.header(http::header::AUTHORIZATION, a);
-        }
-        rb = match body {
-            Some(b) => rb
-                .header(http::header::CONTENT_TYPE, "application/octet-stream")
-                .body(b),
-            None => rb.header(http::header::CONTENT_LENGTH, 0),
-        };
-        let res = rb.send().await?;
-        if res.status().as_u16() == expected {
-            return Ok(res);
-        }
-        let url = res.url().to_string();
-        let code = res.status().as_u16();
-        let mut message = res.text().await.unwrap_or_default();
-        message.truncate(1024);
-        Err(OciDistributionError::ServerError { url, code, message })
-    }
-
-    fn location(
-        &self,
-        res: &reqwest::Response,
-    ) -> Result<(reqwest::Url, bool), OciDistributionError> {
-        let location = res
-            .headers()
-            .get(http::header::LOCATION)
-            .ok_or(OciDistributionError::RegistryNoLocationError)?
-            .to_str()?;
-        self.resolve_location(location)
-    }
-
-    /// `POST`s a new upload session to `start`: its URL and whether credentials may go there,
-    /// the `Authorization` used, and whether the registry asked for basic credentials.
-    async fn start_upload(
-        &self,
-        start: reqwest::Url,
-    ) -> Result<((reqwest::Url, bool), Option<String>, bool), OciDistributionError> {
-        // Credentials only once asked for, as oci-client does (a bearer token is always
-        // sent: oci-client obtained it from the registry's challenge).
-        let mut basic = false;
-        let mut authz = self.authorization(basic).await?;
-        let res = match self
-            .send(
-                reqwest::Method::POST,
-                start.clone(),
-                authz.as_deref(),
-                None,
-                202,
-            )
-            .await
-        {
-            Err(OciDistributionError::ServerError { code: 401, .. })
-                if authz.is_none() && matches!(self.auth, RegistryAuth::Basic(..)) =>
-            {
-                basic = true;
-                authz = self.authorization(basic).await?;
-                self.send(reqwest::Method::POST, start, authz.as_deref(), None, 202)
-                    .await?
-            }
-            other => other?,
-        };
-        Ok((self.location(&res)?, authz, basic))
-    }
-
-    fn upload_start_url(&self) -> Result<reqwest::Url, OciDistributionError> {
-        let repo = self.repo();
-        reqwest::Url::parse(&format!(
-            "{}://{}/v2/{}/blobs/uploads/",
-            self.scheme,
-            repo.resolve_registry(),
-            repo.repository()
-        ))
-        .map_err(|e| OciDistributionError::UrlParseError(e.to_string()))
-    }
-
-    /// A small blob in one `POST` + `PUT ?digest=`. Not oci-client's `push_blob`: that sends
-    /// the credentials to whatever host the `Location` header names, through a client that
-    /// `--skip-tls-verify` leaves unverified for every host; here credentials go to the
-    /// registry only and other hosts are verified (`registry::connect`).
-    async fn upload_blob_once(
-        &self,
-        data: &[u8],
-        digest: &str,
-    ) -> Result<(), OciDistributionError> {
-        let ((mut url, ours), authz, _) = self.start_upload(self.upload_start_url()?).await?;
-        url.query_pairs_mut().append_pair("digest", digest);
-        self.send(
-            reqwest::Method::PUT,
-            url,
-            authz.as_deref().filter(|_| ours),
-            Some(reqwest::Body::from(data.to_vec())),
-            201,
-        )
-        .await?;
-        Ok(())
-    }
-
     /// One upload session: `POST`, one streamed `PATCH` while a producer thread writes the
     /// layer, then `PUT ?digest=`. Returns the layer's digests.
     async fn upload_layer_once(
         &self,
         reporter: Arc<dyn Reporter>,
     ) -> Result<LayerDigests, Attempt> {
-        let start = self.upload_start_url().map_err(Attempt::Registry)?;
+        let start = self.up.upload_start_url().map_err(Attempt::Registry)?;
         let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
         let spec = self.req.layer.clone();
         let producer = tokio::task::spawn_blocking(move || {
@@ -638,8 +492,9 @@ impl<'a> Session<'a> {
             rx.recv().await.map(|item| (item, rx))
         });
         let sent = async {
-            let ((url, ours), authz, basic) = self.start_upload(start).await?;
+            let ((url, ours), authz, basic) = self.up.start_upload(start).await?;
             let res = self
+                .up
                 .send(
                     reqwest::Method::PATCH,
                     url,
@@ -648,7 +503,7 @@ impl<'a> Session<'a> {
                     202,
                 )
                 .await?;
-            let next = self.location(&res)?;
+            let next = self.up.location(&res)?;
             Ok::<_, OciDistributionError>((next, basic))
         }
         .await;
@@ -670,16 +525,21 @@ impl<'a> Session<'a> {
         let ((mut url, ours), basic) = sent.map_err(Attempt::Registry)?;
         url.query_pairs_mut().append_pair("digest", &digests.digest);
         // A fresh token: a bearer token may have expired during a long upload.
-        let authz = self.authorization(basic).await.map_err(Attempt::Registry)?;
-        self.send(
-            reqwest::Method::PUT,
-            url,
-            authz.as_deref().filter(|_| ours),
-            None,
-            201,
-        )
-        .await
-        .map_err(Attempt::Registry)?;
+        let authz = self
+            .up
+            .authorization(basic)
+            .await
+            .map_err(Attempt::Registry)?;
+        self.up
+            .send(
+                reqwest::Method::PUT,
+                url,
+                authz.as_deref().filter(|_| ours),
+                None,
+                201,
+            )
+            .await
+            .map_err(Attempt::Registry)?;
         Ok(digests)
     }
 }
@@ -915,9 +775,7 @@ async fn push_config(
         image.config.len() as u64,
     );
     s.retry
-        .run("upload config", || {
-            s.upload_blob_once(&image.config, digest)
-        })
+        .run("upload config", || s.up.upload_blob(&image.config, digest))
         .await
         .map_err(|source| PublishError::BlobUpload {
             digest: digest.clone(),

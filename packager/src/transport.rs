@@ -17,12 +17,13 @@
 //!   it builds its own reqwest client and takes no TLS configuration or client from outside:
 //!   oci-client-0.18.0/src/client.rs, `impl TryFrom<ClientConfig> for Client`), so [`connect`]
 //!   asks the registry for its token service first and refuses one on another host or over
-//!   HTTP: the registry credentials that go there are never sent unverified. `kib publish`
-//!   uploads its blobs with kib's client (push.rs), not oci-client's `push_blob`, which sends
-//!   the credentials to any `Location` host. What is left is a redirect of a blob download to
-//!   another host, which oci-client's reqwest follows unverified (reqwest drops the
-//!   `Authorization` header on a cross-host redirect and every blob is checked against its
-//!   digest), and the signer's blob uploads through oci-client.
+//!   HTTP: the registry credentials that go there are never sent unverified. Every blob kib
+//!   uploads (the layer and config of `kib publish`, the signer's signature and attestation
+//!   blobs) goes through kib's client ([`crate::upload::Uploader`]), not oci-client's
+//!   `push_blob`, which sends the credentials to any `Location` host. What is left is a
+//!   redirect of a blob download to another host, which oci-client's reqwest follows
+//!   unverified (reqwest drops the `Authorization` header on a cross-host redirect and every
+//!   blob is checked against its digest).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -16,18 +16,22 @@
 //! and its SBOM attestation with
 //! `cosign verify-attestation --key cosign.pub --insecure-ignore-tlog=true --type spdxjson REGISTRY/REPO:TAG`.
 //!
-//! Registry clients and credentials come from the caller (the CLI takes them from
-//! `kib_packager::registry`), so the same [`oci_client::Client`] serves push and sign.
+//! Registry clients and credentials come from the caller: one
+//! [`kib_packager::registry::Transport`] from `kib_packager::registry::connect` serves push,
+//! sign and verify, and the signer's blob uploads go through kib's own uploader
+//! ([`kib_packager::upload::Uploader`]) like the publish ones.
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use kib_packager::registry::{RegistryOptions, connect};
 //! use kib_signer::{keys::{Password, PublicKey, SigningKey}, sign, verify};
 //! let image: oci_client::Reference = "127.0.0.1:5000/kib:v1.37.1".parse()?;
-//! let client = oci_client::Client::default();
 //! let auth = oci_client::secrets::RegistryAuth::Anonymous;
+//! let transport = connect(&image, &RegistryOptions::default(), &auth).await?;
 //! let key = SigningKey::load("cosign.key".as_ref(), &Password::new(""))?;
-//! sign::sign_image(&client, &auth, &image, &key).await?;
-//! let report = verify::verify_image(&client, &auth, &image, &PublicKey::load("cosign.pub".as_ref())?).await?;
+//! sign::sign_image(&transport, &auth, &image, &key).await?;
+//! let public = PublicKey::load("cosign.pub".as_ref())?;
+//! let report = verify::verify_image(&transport.client, &auth, &image, &public).await?;
 //! assert!(report.verified);
 //! # Ok(()) }
 //! ```

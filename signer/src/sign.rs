@@ -22,8 +22,9 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use kib_packager::registry::Transport;
+use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde_json::Value;
 
 use crate::keys::SigningKey;
@@ -69,11 +70,12 @@ pub struct Signed {
 /// Signs `image` (a tag is resolved to its digest first) with `key`, appending the
 /// signature to `sha256-<hex>.sig` in the same repository.
 pub async fn sign_image(
-    client: &Client,
+    transport: &Transport,
     auth: &RegistryAuth,
     image: &Reference,
     key: &SigningKey,
 ) -> Result<Signed, SignError> {
+    let client = &transport.client;
     let registry_err = |source| SignError::Registry {
         image: image.whole(),
         source,
@@ -93,7 +95,7 @@ pub async fn sign_image(
         data: payload,
         annotations,
     };
-    let manifest_digest = store::append_layer(client, auth, &target, layer)
+    let manifest_digest = store::append_layer(transport, auth, &target, layer)
         .await
         .map_err(registry_err)?;
     tracing::info!(image = %image.whole(), %digest, signature = %target.whole(), "signed");
@@ -110,13 +112,14 @@ pub async fn sign_image(
 /// as `cosign attest --type <type>` does. `predicate_type` is the URI (see
 /// [`payload::predicate_type_uri`]).
 pub async fn attest_image(
-    client: &Client,
+    transport: &Transport,
     auth: &RegistryAuth,
     image: &Reference,
     key: &SigningKey,
     predicate_type: &str,
     predicate: &[u8],
 ) -> Result<Signed, SignError> {
+    let client = &transport.client;
     let predicate: Value =
         serde_json::from_slice(predicate).map_err(|source| SignError::Predicate {
             image: image.whole(),
@@ -158,7 +161,7 @@ pub async fn attest_image(
         data: serde_json::to_vec(&envelope).unwrap_or_default(),
         annotations,
     };
-    let manifest_digest = store::append_layer(client, auth, &target, layer)
+    let manifest_digest = store::append_layer(transport, auth, &target, layer)
         .await
         .map_err(registry_err)?;
     tracing::info!(image = %image.whole(), %digest, attestation = %target.whole(), predicate_type, "attested");

@@ -4,6 +4,8 @@
 //! Appending is read-modify-write of one tag (as cosign does it): two signers racing on the
 //! same digest can lose one signature; re-run the loser.
 
+use kib_packager::registry::Transport;
+use kib_packager::upload::Uploader;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -325,11 +327,13 @@ pub(crate) struct NewLayer {
 /// existing layers are kept, an identical layer is not added twice. Returns the new
 /// manifest's digest.
 pub(crate) async fn append_layer(
-    client: &Client,
+    transport: &Transport,
     auth: &RegistryAuth,
     reference: &Reference,
     layer: NewLayer,
 ) -> Result<String, StoreError> {
+    let client = &transport.client;
+    let uploader = Uploader::new(transport, auth, reference);
     let registry = reference.resolve_registry().to_owned();
     client.store_auth_if_needed(&registry, auth).await;
     client
@@ -356,7 +360,7 @@ pub(crate) async fn append_layer(
     if layers.contains(&descriptor) {
         tracing::info!(reference = %reference.whole(), "the same signature layer is already there");
     } else {
-        push_blob(client, reference, layer.data, &digest).await?;
+        push_blob(client, &uploader, reference, &layer.data, &digest).await?;
         layers.push(descriptor);
     }
     tracing::debug!(reference = %reference.whole(), existing, total = layers.len(), "writing layers");
@@ -377,7 +381,7 @@ pub(crate) async fn append_layer(
     .unwrap_or_default();
     let config_digest = sha256(&config);
     let config_size = config.len();
-    push_blob(client, reference, config, &config_digest).await?;
+    push_blob(client, &uploader, reference, &config, &config_digest).await?;
 
     let manifest: oci_client::manifest::OciImageManifest = serde_json::from_value(json!({
         "schemaVersion": 2,
@@ -399,17 +403,21 @@ pub(crate) async fn append_layer(
     resolve(client, auth, reference).await
 }
 
+/// Uploads a blob unless the repository has it. Through kib's [`Uploader`], not oci-client's
+/// `push_blob`, which would send the credentials to any host a `Location` header names over
+/// a client `--skip-tls-verify` leaves unverified for every host.
 async fn push_blob(
     client: &Client,
+    uploader: &Uploader,
     reference: &Reference,
-    data: Vec<u8>,
+    data: &[u8],
     digest: &str,
 ) -> Result<(), StoreError> {
     if client.blob_exists(reference, digest).await.unwrap_or(false) {
         return Ok(());
     }
-    client
-        .push_blob(reference, data, digest)
+    uploader
+        .upload_blob(data, digest)
         .await
         .map_err(|source| StoreError::PushBlob {
             repository: repository_name(reference),

@@ -12,11 +12,11 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kib_packager::registry::{RegistryOptions, connect};
+use kib_packager::registry::{RegistryOptions, Transport, connect};
 use kib_signer::keys::{KeyError, Password, PublicKey, SigningKey, generate_key_pair};
+use kib_signer::oci_client::Reference;
 use kib_signer::oci_client::client::{Config, ImageLayer};
 use kib_signer::oci_client::secrets::RegistryAuth;
-use kib_signer::oci_client::{Client, Reference};
 use kib_signer::payload::{self, SimpleSigning};
 use kib_signer::verify::Rejection;
 use kib_signer::{attest_image, sign_image, verify_attestations, verify_image};
@@ -45,11 +45,10 @@ fn reference(s: &str) -> Reference {
     s.parse().unwrap()
 }
 
-async fn client_for(r: &Reference) -> Client {
+async fn transport_for(r: &Reference) -> Transport {
     connect(r, &RegistryOptions::default(), &AUTH)
         .await
         .unwrap()
-        .client
 }
 
 /// Pushes a tiny image (one small layer, a config) and returns its manifest digest.
@@ -60,8 +59,9 @@ async fn push_image(image: &Reference, content: &str) -> String {
             .into_bytes(),
         None,
     );
-    client_for(image)
+    transport_for(image)
         .await
+        .client
         .push(image, &[layer], config, &AUTH, None)
         .await
         .unwrap();
@@ -154,10 +154,11 @@ async fn sign_verify_and_check_with_openssl_and_skopeo() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1.37.1"));
     let digest = push_image(&image, "node image A").await;
-    let client = client_for(&image).await;
+    let transport = transport_for(&image).await;
+    let client = transport.client.clone();
     let (key, public) = new_key(dir.path(), "cosign");
 
-    let signed = sign_image(&client, &AUTH, &image, &key).await.unwrap();
+    let signed = sign_image(&transport, &AUTH, &image, &key).await.unwrap();
     assert_eq!(signed.digest, digest, "signs the digest the tag points to");
     assert_eq!(
         signed.signature,
@@ -218,7 +219,7 @@ async fn sign_verify_and_check_with_openssl_and_skopeo() {
 
     // A second signature (another key) is appended; both verify.
     let (key2, public2) = new_key(dir.path(), "second");
-    sign_image(&client, &AUTH, &image, &key2).await.unwrap();
+    sign_image(&transport, &AUTH, &image, &key2).await.unwrap();
     let manifest = fetch_manifest(&host, "kib/node", &payload::signature_tag(&digest));
     assert_eq!(
         manifest["layers"].as_array().unwrap().len(),
@@ -255,11 +256,12 @@ async fn sbom_attestation_is_cosign_format_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1"));
     let digest = push_image(&image, "node image").await;
-    let client = client_for(&image).await;
+    let transport = transport_for(&image).await;
+    let client = transport.client.clone();
     let (key, public) = new_key(dir.path(), "cosign");
     let sbom = br#"{"spdxVersion":"SPDX-2.3","SPDXID":"SPDXRef-DOCUMENT","name":"kib-node","packages":[{"name":"kubelet","versionInfo":"1.37.1"}]}"#;
     let spdx = payload::predicate_type_uri("spdxjson").unwrap();
-    attest_image(&client, &AUTH, &image, &key, &spdx, sbom)
+    attest_image(&transport, &AUTH, &image, &key, &spdx, sbom)
         .await
         .unwrap();
 
@@ -370,9 +372,10 @@ async fn every_tamper_case_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let image = reference(&format!("{host}/kib/node:v1"));
     let digest_a = push_image(&image, "image A").await;
-    let client = client_for(&image).await;
+    let transport = transport_for(&image).await;
+    let client = transport.client.clone();
     let (key, public) = new_key(dir.path(), "cosign");
-    sign_image(&client, &AUTH, &image, &key).await.unwrap();
+    sign_image(&transport, &AUTH, &image, &key).await.unwrap();
     assert!(
         verify_image(&client, &AUTH, &image, &public)
             .await
@@ -447,7 +450,7 @@ async fn every_tamper_case_fails_closed() {
     // Signature for another digest: sign A (by digest) properly, then copy A's signatures to
     // B's `.sig` tag with skopeo.
     let by_digest_a = reference(&format!("{host}/kib/node@{digest_a}"));
-    sign_image(&client, &AUTH, &by_digest_a, &key)
+    sign_image(&transport, &AUTH, &by_digest_a, &key)
         .await
         .unwrap();
     run(

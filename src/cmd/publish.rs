@@ -194,10 +194,9 @@ impl Args {
                     .parse()
                     .with_context(|| format!("`{}` is not an image reference", pushed.reference))?;
                 let auth = kib_packager::registry::auth(&image, &req.options).hinted()?;
-                let client = kib_packager::registry::connect(&image, &req.options, &auth)
+                let transport = kib_packager::registry::connect(&image, &req.options, &auth)
                     .await
-                    .hinted()?
-                    .client;
+                    .hinted()?;
                 let failed = || {
                     format!(
                         "Pushed `{}` but failed to sign or attest it, so no tag was set; run the same `kib publish` again (nothing is uploaded twice)",
@@ -205,10 +204,10 @@ impl Args {
                     )
                 };
                 let (signed, mut attested) =
-                    sign_and_attest(&client, &auth, &image, key, attestation.as_ref())
+                    sign_and_attest(&transport, &auth, &image, key, attestation.as_ref())
                         .await
                         .with_context(failed)?;
-                let mut built = attest_each(&client, &auth, &image, key, &built)
+                let mut built = attest_each(&transport, &auth, &image, key, &built)
                     .await
                     .with_context(failed)?
                     .into_iter();

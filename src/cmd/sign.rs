@@ -54,12 +54,9 @@ impl Args {
         let key = load_key(&self.key).await?;
         let opts = self.registry.options()?;
         let auth = registry::auth(&image, &opts).hinted()?;
-        let client = registry::connect(&image, &opts, &auth)
-            .await
-            .hinted()?
-            .client;
+        let transport = registry::connect(&image, &opts, &auth).await.hinted()?;
         let (signed, attested) =
-            sign_and_attest(&client, &auth, &image, &key, attestation.as_ref()).await?;
+            sign_and_attest(&transport, &auth, &image, &key, attestation.as_ref()).await?;
         let mut out = std::io::stdout().lock();
         match self.output {
             OutputFormat::Json => {

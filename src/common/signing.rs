@@ -5,10 +5,11 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use kib_packager::registry::Transport;
 use kib_signer::Signed;
 use kib_signer::keys::{PASSWORD_ENV, Password, SigningKey};
+use kib_signer::oci_client::Reference;
 use kib_signer::oci_client::secrets::RegistryAuth;
-use kib_signer::oci_client::{Client, Reference};
 
 use crate::error_render::HintExt as _;
 
@@ -77,7 +78,7 @@ impl Attestation {
 
 /// Attaches each of `attestations` to `image`, in order.
 pub(crate) async fn attest_each(
-    client: &Client,
+    transport: &Transport,
     auth: &RegistryAuth,
     image: &Reference,
     key: &SigningKey,
@@ -86,7 +87,7 @@ pub(crate) async fn attest_each(
     let mut out = Vec::new();
     for a in attestations {
         out.push(
-            kib_signer::attest_image(client, auth, image, key, &a.predicate_type, &a.predicate)
+            kib_signer::attest_image(transport, auth, image, key, &a.predicate_type, &a.predicate)
                 .await?,
         );
     }
@@ -96,16 +97,16 @@ pub(crate) async fn attest_each(
 /// Signs `image` and, if given, attaches the attestation: the signing step `kib sign` and
 /// `kib publish --sign-key` share.
 pub(crate) async fn sign_and_attest(
-    client: &Client,
+    transport: &Transport,
     auth: &RegistryAuth,
     image: &Reference,
     key: &SigningKey,
     attestation: Option<&Attestation>,
 ) -> anyhow::Result<(Signed, Option<Signed>)> {
-    let signed = kib_signer::sign_image(client, auth, image, key).await?;
+    let signed = kib_signer::sign_image(transport, auth, image, key).await?;
     let attested = match attestation {
         Some(a) => Some(
-            kib_signer::attest_image(client, auth, image, key, &a.predicate_type, &a.predicate)
+            kib_signer::attest_image(transport, auth, image, key, &a.predicate_type, &a.predicate)
                 .await?,
         ),
         None => None,
