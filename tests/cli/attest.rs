@@ -12,71 +12,15 @@
 #![cfg(feature = "test-registry")]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
 use super::common::{
     PASSWORD, generate_key_pair, kib_with_password as kib, need, path, qcow2, start_registry,
-    stderr, text,
+    stderr,
 };
-
-/// Fails (never skips) with the setup hint when cosign is missing.
-fn need_cosign() {
-    let found = Command::new("cosign").arg("version").output();
-    if !found.is_ok_and(|o| o.status.success()) {
-        panic!(
-            "`cosign` is not installed\nhint: run `sudo scripts/setup-host.sh` (it fetches \
-             Debian trixie's cosign 2.5 to /usr/local/bin/cosign)"
-        );
-    }
-}
-
-fn cosign_verify_attestation(home: &Path, public: &Path, image: &str, type_name: &str) -> Output {
-    Command::new("cosign")
-        .args([
-            "verify-attestation",
-            "--key",
-            path(public),
-            "--insecure-ignore-tlog=true",
-            "--allow-http-registry",
-            "--type",
-            type_name,
-            image,
-        ])
-        .env("HOME", home)
-        .env("DOCKER_CONFIG", home.join(".docker"))
-        .env_remove("COSIGN_PASSWORD")
-        .output()
-        .expect("run cosign")
-}
-
-/// The in-toto statements cosign printed (DSSE envelopes, one a line).
-fn statements(out: &Output) -> Vec<Value> {
-    text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let env: Value = serde_json::from_str(l).unwrap();
-            serde_json::from_slice(&base64_decode(env["payload"].as_str().unwrap())).unwrap()
-        })
-        .collect()
-}
-
-/// Standard base64 through coreutils' `base64 -d` (the root crate has no base64 dependency).
-/// The payload goes through a file: an SBOM's envelope is larger than a pipe's buffer, and
-/// writing it to the child's stdin while its stdout is unread deadlocks.
-fn base64_decode(encoded: &str) -> Vec<u8> {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs_err::write(file.path(), encoded).unwrap();
-    let out = Command::new("base64")
-        .arg("-d")
-        .arg(file.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    out.stdout
-}
+use super::cosign::{cosign, cosign_verify_attestation, need_cosign};
 
 /// A build's output folder: the qcow2, its manifest, and the collected package list.
 fn build_output(dir: &Path) -> Value {
@@ -191,9 +135,7 @@ fn publish_attests_the_builds_sbom_and_provenance_and_cosign_verifies_both() {
             "provenance.slsa.json",
         ),
     ] {
-        let out = cosign_verify_attestation(&home, &keys.public, &by_digest, type_name);
-        assert!(out.status.success(), "cosign {type_name}: {}", stderr(&out));
-        let st = statements(&out);
+        let st = cosign_verify_attestation(&home, &keys.public, &by_digest, type_name);
         let found = st
             .iter()
             .find(|s| s["predicateType"] == uri)
@@ -206,7 +148,20 @@ fn publish_attests_the_builds_sbom_and_provenance_and_cosign_verifies_both() {
             serde_json::from_slice(&fs_err::read(out_dir.join(file)).unwrap()).unwrap();
         assert_eq!(found["predicate"], want, "{file} as attested");
 
-        let out = cosign_verify_attestation(&home, &other.public, &by_digest, type_name);
+        let out = cosign(
+            &home,
+            &[
+                "verify-attestation",
+                "--key",
+                path(&other.public),
+                "--insecure-ignore-tlog=true",
+                "--allow-http-registry",
+                "--type",
+                type_name,
+                &by_digest,
+            ],
+            None,
+        );
         assert!(
             !out.status.success(),
             "cosign accepted a wrong key for {type_name}"

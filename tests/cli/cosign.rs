@@ -15,9 +15,8 @@
 //! Run with: `cargo test --features test-registry --test cli cosign -- --test-threads=1`
 #![cfg(feature = "test-registry")]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -30,7 +29,7 @@ use super::common::{
 const COSIGN: &str = "cosign";
 
 /// Fails (never skips) with the setup hint when cosign is missing.
-fn need_cosign() {
+pub(super) fn need_cosign() {
     let found = Command::new(COSIGN).arg("version").output();
     if !found.is_ok_and(|o| o.status.success()) {
         panic!(
@@ -42,7 +41,7 @@ fn need_cosign() {
 
 /// Runs cosign with `COSIGN_PASSWORD` set to `password` (unset for `None`), in `home` as its
 /// `HOME` and Docker config directory; asserts [`PASSWORD`] appears in neither output.
-fn cosign(home: &Path, args: &[&str], password: Option<&str>) -> Output {
+pub(super) fn cosign(home: &Path, args: &[&str], password: Option<&str>) -> Output {
     let mut cmd = Command::new(COSIGN);
     cmd.args(args)
         .env("HOME", home)
@@ -168,7 +167,7 @@ fn assert_cosign_rejects(home: &Path, public: &Path, image: &str) {
 
 /// `cosign verify-attestation --type type_name --key public image`: asserts it succeeds and
 /// returns the in-toto statements it verified (decoded from the DSSE envelopes it prints).
-fn cosign_verify_attestation(
+pub(super) fn cosign_verify_attestation(
     home: &Path,
     public: &Path,
     image: &str,
@@ -207,20 +206,16 @@ fn cosign_verify_attestation(
 }
 
 /// Decodes standard base64 with coreutils' `base64` (the root crate has no base64 dependency).
+/// The text goes through a file: an SBOM's envelope is larger than a pipe's buffer, and writing
+/// it to the child's stdin while its stdout is unread deadlocks.
 fn base64_decode(encoded: &str) -> Vec<u8> {
-    let mut child = Command::new("base64")
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs_err::write(file.path(), encoded).unwrap();
+    let out = Command::new("base64")
         .arg("--decode")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
+        .arg(file.path())
+        .output()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(encoded.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "`{encoded}` is not base64");
     out.stdout
 }
