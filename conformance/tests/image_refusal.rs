@@ -7,15 +7,7 @@ use std::process::Command;
 
 use kib_conformance::direct::{DirectError, create_overlay, image_info};
 use kib_manifest::Hint as _;
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use kib_test_infra::images::{qcow2_backed_by, qemu_img, vmdk_with_extent};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -28,34 +20,13 @@ async fn host_file_images_are_refused_and_raw_gets_an_explicit_format() {
     std::fs::write(&secret, "kib-conformance-secret\n".repeat(100_000)).unwrap();
 
     let vmdk = dir.path().join("d.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        s(&vmdk),
-        "1M",
-    ]);
-    let text = std::fs::read_to_string(&vmdk).unwrap();
-    std::fs::write(&vmdk, text.replace("d-flat.vmdk", s(&secret))).unwrap();
+    vmdk_with_extent(&secret, &vmdk);
     let e = image_info(&vmdk).await.unwrap_err();
     assert!(matches!(e, DirectError::Refused { .. }), "{e:?}");
     assert!(e.hint().is_some());
 
     let backed = dir.path().join("b.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        s(&secret),
-        s(&backed),
-    ]);
+    qcow2_backed_by(&secret, &backed);
     let e = image_info(&backed).await.unwrap_err();
     assert!(matches!(e, DirectError::Refused { .. }), "{e:?}");
     let shown = format!("{e:?}");

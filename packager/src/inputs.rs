@@ -247,13 +247,7 @@ mod tests {
         );
     }
 
-    fn qemu_img(args: &[&str]) {
-        let out = std::process::Command::new("qemu-img")
-            .args(args)
-            .output()
-            .expect("qemu-img (qemu-utils) is needed");
-        assert!(out.status.success(), "{out:?}");
-    }
+    use kib_test_infra::images::{qcow2_backed_by, qemu_img};
 
     fn inputs(qcow2: &std::path::Path) -> ImageInputs {
         ImageInputs {
@@ -285,17 +279,7 @@ mod tests {
         std::fs::write(d("secret"), "kib-packager-secret".repeat(100)).unwrap();
         let backed = d("backed.qcow2");
         let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            &s(&d("secret")),
-            &s(&backed),
-        ]);
+        qcow2_backed_by(&d("secret"), &backed);
         let e = inputs(&backed).resolve().unwrap_err();
         assert!(matches!(e, InputsError::Refused { .. }), "{e:?}");
 

@@ -6,21 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kib_manifest::{Hint as _, error_chain};
+use kib_test_infra::images::{qcow2_backed_by, qemu_img, vmdk_with_extent};
 use kib_vm::image::{DiskFormat, DiskImageError, inspect, inspect_async};
 
 const SECRET: &str = "kib-test-host-secret-6f1d0c";
-
-fn qemu_img(args: &[&str]) {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img must be installed (apt-get install qemu-utils)");
-    assert!(
-        out.status.success(),
-        "qemu-img {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A host file the hostile images point at.
 fn secret(dir: &Path) -> PathBuf {
@@ -48,17 +37,7 @@ fn a_qcow2_whose_backing_file_is_a_host_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret(dir.path());
     let img = dir.path().join("base.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        "-b",
-        s(&secret),
-        s(&img),
-    ]);
+    qcow2_backed_by(&secret, &img);
     let e = refused(&img);
     assert!(matches!(e, DiskImageError::BackingFile { .. }), "{e}");
     assert!(e.to_string().contains("has a backing file"), "{e}");
@@ -95,22 +74,7 @@ fn a_vmdk_descriptor_whose_extent_is_a_host_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret(dir.path());
     let img = dir.path().join("disk.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        s(&img),
-        "1M",
-    ]);
-    // Point the flat extent at the host file.
-    let flat = dir.path().join("disk-flat.vmdk");
-    let text = std::fs::read_to_string(&img).unwrap();
-    assert!(text.contains("disk-flat.vmdk"), "{text}");
-    std::fs::write(&img, text.replace("disk-flat.vmdk", s(&secret))).unwrap();
-    std::fs::remove_file(flat).unwrap();
+    vmdk_with_extent(&secret, &img);
     // QEMU, left to guess, would read the host file through it:
     let out = Command::new("qemu-img")
         .args(["info", "--output=json", s(&img)])
